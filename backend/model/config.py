@@ -1,0 +1,94 @@
+"""Architecture configuration of the SlimDiffSR student.
+
+The default is the paper's student (SD-Turbo UNet pruned at depth 2, TAESD slices), which
+is what the authors' release checkpoints contain. Compact members of the same family
+(narrower UNet, thinner tiny autoencoder) are described by the same object, so a weight
+file can carry its configuration and rebuild its network without any download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Widths and depths of the student.
+
+    ``unet_channels`` lists the channels of the kept UNet levels followed by the width of
+    the pruned mid block: the paper's depth-2 pruning of SD-Turbo ``[320, 640, 1280, 1280]``
+    keeps ``(320, 640)`` and turns the first ResNet of level 2 (640 -> 1280) into the mid
+    block, hence ``(320, 640, 1280)``.
+    """
+
+    unet_channels: tuple[int, ...] = (320, 640, 1280)
+    layers_per_block: int = 2
+    norm_groups: int = 32
+    resnet_eps: float = 1e-5
+    transformer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-5
+    num_queries: int = 32
+    squeeze_dim: int = 64
+    ff_mult: int = 4
+    reduction: float = 0.25
+    fsc_mlp_hidden: int = 8
+    dsc_mlp_divisor: int = 8
+    vae_channels: int = 64
+    latent_channels: int = 4
+    encoder_blocks: tuple[int, ...] = (1, 3, 3, 3)
+    decoder_blocks: tuple[int, ...] = (3, 3, 3, 1)
+    image_channels: int = 3
+    # Tensors the release carries but never uses (conv_in/conv_out/time_embedding of the
+    # unpruned UNet, the TAESD latent convolutions). Kept so release files load strictly.
+    keep_unused: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def depth(self) -> int:
+        """Number of UNet levels kept by depth pruning."""
+        return len(self.unet_channels) - 1
+
+    @property
+    def downscale(self) -> int:
+        """Spatial reduction of the deepest feature map; inputs must be a multiple of it."""
+        vae = 2 ** (len(self.encoder_blocks) - 1)
+        return vae * 2 ** (self.depth - 1)
+
+    def validate(self) -> None:
+        """Raise ValueError for combinations the modules cannot build."""
+        if self.depth < 1:
+            raise ValueError("unet_channels needs at least one level and the mid width")
+        for c in self.unet_channels:
+            if c % self.norm_groups:
+                raise ValueError(f"UNet width {c} is not divisible by norm_groups {self.norm_groups}")
+        if len(self.encoder_blocks) != len(self.decoder_blocks):
+            raise ValueError("encoder_blocks and decoder_blocks must have the same length")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, text: str) -> StudentConfig:
+        return cls.from_dict(json.loads(text))
+
+
+PAPER_STUDENT = StudentConfig()

@@ -1,0 +1,44 @@
+"""Query-driven global aggregation (QGAM), the student's replacement for self-attention.
+
+A fixed set of learned queries first gathers a compact global context from all tokens
+(N queries x squeeze_dim), then every token reads back from that context. Both
+attentions are over N = 32 keys or over the tokens once, so cost grows linearly with the
+number of pixels instead of quadratically like the teacher's self-attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QueryDrivenGlobalAggregation(nn.Module):
+    """QGAM(C, num_queries, squeeze_dim); parameter names follow the release."""
+
+    def __init__(self, dim: int, num_queries: int = 32, squeeze_dim: int = 64) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(num_queries, dim))
+        self.q_proj = nn.Linear(dim, squeeze_dim, bias=False)
+        self.k_proj = nn.Linear(dim, squeeze_dim, bias=False)
+        self.v_proj = nn.Linear(dim, squeeze_dim, bias=False)
+        self.q_proj_c = nn.Linear(dim, squeeze_dim, bias=False)
+        self.k_proj_c = nn.Linear(squeeze_dim, squeeze_dim, bias=False)
+        self.v_proj_c = nn.Linear(squeeze_dim, squeeze_dim, bias=False)
+        self.out_proj = nn.Linear(squeeze_dim, dim)
+        # The release scales by the token width C, not by the squeezed width.
+        self.scale = dim**-0.5
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, L, C] -> [B, L, C]."""
+        b = tokens.shape[0]
+        q = self.q_proj(self.query).to(tokens.dtype).expand(b, -1, -1)
+        # scaled_dot_product_attention picks fused kernels (flash / memory-efficient)
+        # where available; the math is softmax(q k^T * scale) v.
+        context = F.scaled_dot_product_attention(
+            q, self.k_proj(tokens), self.v_proj(tokens), scale=self.scale
+        )
+        out = F.scaled_dot_product_attention(
+            self.q_proj_c(tokens), self.k_proj_c(context), self.v_proj_c(context), scale=self.scale
+        )
+        return self.out_proj(out)

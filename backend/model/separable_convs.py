@@ -1,0 +1,80 @@
+"""The paper's lightweight replacements for the UNet's 3x3 ResNet convolutions.
+
+Both blocks split a dense 3x3 convolution (Cin*Cout*9 weights) into cheap depthwise
+filters whose outputs are mixed by image-level weights from a small MLP on the globally
+pooled input, followed by a low-rank 1x1 projection (Cin -> Cin/4 -> Cout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _depthwise(channels: int, kernel: tuple[int, int]) -> nn.Sequential:
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    return nn.Sequential(nn.Conv2d(channels, channels, kernel, padding=pad, groups=channels, bias=False))
+
+
+def _gate(cin: int, hidden: int, outputs: int) -> nn.Sequential:
+    """Image-level branch weights in (0, 1) from the spatial mean of the input."""
+    return nn.Sequential(
+        nn.Linear(cin, hidden, bias=False),
+        nn.ReLU(),
+        nn.Linear(hidden, outputs),
+        nn.Sigmoid(),
+    )
+
+
+def _branch_weights(gate: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    # Mean in float32: under bf16 autocast the mean over a large tile loses digits.
+    pooled = x.float().mean(dim=(2, 3)).to(x.dtype)
+    return gate(pooled)[:, :, None, None]
+
+
+class FrequencySeparableConv(nn.Module):
+    """FSC: a low-pass depthwise filter, a high-pass one on the residual, gated sum.
+
+    lo = low(x); hi = high(x - lo); out = bottleneck(w0 * lo + w1 * hi).
+    """
+
+    def __init__(self, cin: int, cout: int, reduction: float = 0.25, mlp_hidden: int = 8) -> None:
+        super().__init__()
+        mid = int(cin * reduction)
+        self.low_branch = _depthwise(cin, (3, 3))
+        self.high_branch = _depthwise(cin, (3, 3))
+        self.mlp = _gate(cin, mlp_hidden, 2)
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.low_branch(x)
+        high = self.high_branch(x - low)
+        w = _branch_weights(self.mlp, x)
+        return self.bottleneck(w[:, 0:1] * low + w[:, 1:2] * high)
+
+
+class DirectionSeparableConv(nn.Module):
+    """DSC: vertical (3x1), horizontal (1x3) and their cascade, gated, low-rank projected.
+
+    fh = h(x); fhv = v(fh); fv = v(x) (the same v filter twice, as in the release).
+    """
+
+    def __init__(self, cin: int, cout: int, reduction: float = 0.25, mlp_divisor: int = 8) -> None:
+        super().__init__()
+        mid = int(cin * reduction)
+        self.h_conv = _depthwise(cin, (3, 1))
+        self.v_conv = _depthwise(cin, (1, 3))
+        self.conv_reduce = nn.Conv2d(cin, mid, 1, bias=False)
+        self.conv_expand = nn.Conv2d(mid, cout, 1, bias=False)
+        self.mlp = _gate(cin, cin // mlp_divisor, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fh = self.h_conv(x)
+        fhv = self.v_conv(fh)
+        fv = self.v_conv(x)
+        w = _branch_weights(self.mlp, x)
+        return self.conv_expand(self.conv_reduce(w[:, 0:1] * fh + w[:, 1:2] * fhv + w[:, 2:3] * fv))
