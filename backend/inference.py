@@ -1,0 +1,265 @@
+"""Running the student on images: device, precision, the release's pre/post-processing.
+
+The release's test pipeline, reproduced by :meth:`SuperResolver.super_resolve`:
+LR in [0,1] -> *2-1 -> bicubic x s -> reflect-pad bottom/right to a multiple of 256 ->
+student -> crop -> per-channel colour match
+``sr = (sr - mean(sr)) / std(sr) * std(up) + mean(up)`` (``up`` = the padded bicubic
+input) -> /2 + 0.5 -> clamp to [0, 1].
+
+The colour-match statistics are an input (:class:`ColorStats`): one image computes its
+own, a tiled raster passes global ones so every tile is mapped the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backend.model import SlimDiffSRStudent
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RELEASE_PAD_MULTIPLE = 256
+# Reduced precision is accepted when its relative L2 error against fp32 stays below this.
+AUTO_PRECISION_TOLERANCE = 0.01
+
+
+class InferenceError(RuntimeError):
+    """A device or precision request that cannot be honoured, in one line."""
+
+
+@dataclass(frozen=True)
+class ColorStats:
+    """Per-channel colour-match statistics in model space ([-1, 1]).
+
+    ``sr_*`` describe the raw network output, ``ref_*`` the bicubic input it is mapped to.
+    """
+
+    sr_mean: np.ndarray
+    sr_std: np.ndarray
+    ref_mean: np.ndarray
+    ref_std: np.ndarray
+
+    def apply(self, sr: torch.Tensor) -> torch.Tensor:
+        """sr: [B, C, H, W] float32 -> colour-matched, same shape."""
+
+        def col(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float32), device=sr.device).view(1, -1, 1, 1)
+
+        std = torch.clamp(col(self.sr_std), min=1e-6)
+        return (sr - col(self.sr_mean)) / std * col(self.ref_std) + col(self.ref_mean)
+
+
+def image_stats(sr: torch.Tensor, ref: torch.Tensor) -> ColorStats:
+    """Per-image statistics as the release computes them (unbiased std, one image)."""
+    return ColorStats(
+        sr_mean=sr.mean(dim=(0, 2, 3)).cpu().numpy(),
+        sr_std=sr.std(dim=(0, 2, 3)).cpu().numpy(),
+        ref_mean=ref.mean(dim=(0, 2, 3)).cpu().numpy(),
+        ref_std=ref.std(dim=(0, 2, 3)).cpu().numpy(),
+    )
+
+
+def reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """Reflect-pad bottom/right; pads larger than the image are done in several steps.
+
+    torch refuses a reflect pad >= the dimension (the release crashes on small images);
+    repeating the reflection continues the mirror pattern instead.
+    """
+    while bottom > 0 or right > 0:
+        pb = min(bottom, x.shape[-2] - 1)
+        pr = min(right, x.shape[-1] - 1)
+        if pb == 0 and pr == 0:  # a 1-pixel dimension cannot be reflected: replicate it
+            return F.pad(x, (0, right, 0, bottom), mode="replicate")
+        x = F.pad(x, (0, pr, 0, pb), mode="reflect")
+        bottom -= pb
+        right -= pr
+    return x
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto -> cuda:0 when usable, else cpu; an unavailable request is an error."""
+    if device in ("auto", "", None):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InferenceError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(
+                "device 'cuda' was requested but torch sees no CUDA GPU (CPU-only torch build or no "
+                "driver); use device 'cpu' or install the CUDA build of torch (README: GPU setup)"
+            )
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise InferenceError(f"cuda:{index} does not exist; {torch.cuda.device_count()} GPU(s) visible")
+        dev = torch.device("cuda", index)
+    elif dev.type != "cpu":
+        raise InferenceError(f"unsupported device '{device}'; use auto, cpu or cuda[:N]")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX512-BF16 / AMX), where bf16 beats fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} {torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+class SuperResolver:
+    """A loaded student on a device at a precision, with the release's processing.
+
+    ``precision='auto'`` tries the fastest reduced precision of the device (fp16 on CUDA,
+    bf16 on CPUs with native bf16) on a probe image and keeps it only if its relative L2
+    error against fp32 stays under 1 %; otherwise fp32.
+    """
+
+    def __init__(
+        self,
+        model: SlimDiffSRStudent,
+        scale: int,
+        device: str = "auto",
+        precision: str = "auto",
+        *,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+        self.scale = int(scale)
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.multiple = model.config.downscale
+        self.precision = self._choose_precision(precision)
+        self.probe_error: float | None = getattr(self, "_probe_error", None)
+
+    # -- precision ---------------------------------------------------------------------
+    def _autocast_dtype(self, precision: str) -> torch.dtype | None:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def _check_supported(self, precision: str) -> None:
+        if precision == "fp16" and self.device.type == "cpu":
+            raise InferenceError("fp16 is not supported on the CPU; use bf16, fp32 or auto")
+        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InferenceError("this GPU has no bf16 support; use fp16, fp32 or auto")
+
+    def _choose_precision(self, precision: str) -> str:
+        if precision != "auto":
+            self._check_supported(precision)
+            return precision
+        if self.device.type == "cuda":
+            candidate = "fp16"
+        elif cpu_has_fast_bf16():
+            candidate = "bf16"
+        else:
+            return "fp32"
+        generator = torch.Generator().manual_seed(0)
+        size = max(self.multiple, 64)
+        probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
+        probe = F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
+        ref = self.run_network(probe, "fp32")
+        test = self.run_network(probe, candidate)
+        err = float(torch.linalg.vector_norm(test - ref) / torch.linalg.vector_norm(ref).clamp(min=1e-12))
+        self._probe_error = err
+        return candidate if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE else "fp32"
+
+    @contextlib.contextmanager
+    def _autocast(self, precision: str) -> Iterator[None]:
+        dtype = self._autocast_dtype(precision)
+        if dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            yield
+
+    @property
+    def description(self) -> str:
+        return f"{describe_device(self.device)}, {self.precision}"
+
+    # -- the network -------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_network(self, up: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """Network on a batch whose size is already a multiple of ``self.multiple``.
+
+        up: [B, C, H, W] in [-1, 1] (any device) -> float32 [B, C, H, W] on ``self.device``.
+        """
+        h, w = up.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise InferenceError(f"network input {h}x{w} is not a multiple of {self.multiple}")
+        x = up.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast(precision or self.precision):
+            _, image = self._forward(x)
+        return image.float()
+
+    @torch.inference_mode()
+    def upsample(self, lr: torch.Tensor) -> torch.Tensor:
+        """Bicubic x scale (torch's a=-0.75, align_corners=False, as the release)."""
+        return F.interpolate(lr.float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    @torch.inference_mode()
+    def restore(self, up: torch.Tensor, pad_multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad (reflect, bottom/right), run, crop. Returns (raw SR, padded bicubic input).
+
+        up: [B, C, H, W] bicubic image in [-1, 1]. ``pad_multiple`` defaults to the model's
+        own multiple; the release pipeline uses 256.
+        """
+        m = pad_multiple or self.multiple
+        if m % self.multiple:
+            raise InferenceError(f"pad multiple {m} must be a multiple of the model's {self.multiple}")
+        h, w = up.shape[-2:]
+        padded = reflect_pad(up.float(), (-h) % m, (-w) % m)
+        sr = self.run_network(padded)[..., :h, :w]
+        return sr, padded
+
+    @torch.inference_mode()
+    def super_resolve(
+        self,
+        lr: np.ndarray,
+        stats: ColorStats | None = None,
+        pad_multiple: int = RELEASE_PAD_MULTIPLE,
+    ) -> np.ndarray:
+        """One image, HxWxC float in [0, 1] -> (sH)x(sW)xC float32 in [0, 1].
+
+        Without ``stats`` the colour match uses this image's own statistics, exactly as the
+        release; a tiled caller passes global ones.
+        """
+        lr = np.asarray(lr, dtype=np.float32)
+        if lr.ndim != 3 or lr.shape[2] != self.model.config.image_channels:
+            raise InferenceError(
+                f"expected an HxWx{self.model.config.image_channels} image, got shape {lr.shape}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None] * 2 - 1
+        up = self.upsample(x)
+        sr, padded = self.restore(up, pad_multiple)
+        if stats is None:
+            stats = image_stats(sr, padded)
+        out = stats.apply(sr.to(self.device)) / 2 + 0.5
+        return out.clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+
+    @torch.inference_mode()
+    def super_resolve_batch(self, lr: np.ndarray, stats: ColorStats) -> np.ndarray:
+        """Equal-sized tiles BxHxWxC in [0, 1] with shared statistics -> Bx(sH)x(sW)xC."""
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(lr, np.float32).transpose(0, 3, 1, 2))) * 2 - 1
+        sr, _ = self.restore(self.upsample(x))
+        out = stats.apply(sr) / 2 + 0.5
+        return out.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()

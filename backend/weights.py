@@ -1,0 +1,238 @@
+"""Loading and saving student weights without ever executing code from the file.
+
+Two formats:
+
+* the authors' release checkpoints (``net_params_4x.pkl``, ``net_params_8x.pkl``): a
+  pickled state dict, keys with or without DataParallel's ``module.`` prefix, read with
+  ``torch.load(weights_only=True)`` which refuses any object that would run code;
+* our own ``.safetensors`` files (no pickle at all) whose metadata describes the file:
+  architecture, scale, expected bands and value range, training summary, version.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend import __version__
+from backend.model import SlimDiffSRStudent, StudentConfig
+
+FORMAT_NAME = "slimdiffsr-student"
+FORMAT_VERSION = "1"
+SUPPORTED_SCALES = (2, 4, 8)
+RELEASE_SUFFIXES = (".pkl", ".pth", ".pt", ".ckpt", ".bin")
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be used; the message says what, why and what to do."""
+
+
+@dataclass
+class LoadedWeights:
+    model: SlimDiffSRStudent
+    scale: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def description(self) -> str:
+        name = self.metadata.get("name") or Path(self.source).name
+        return f"{name} (x{self.scale})"
+
+
+def scale_from_filename(path: str | Path) -> int | None:
+    """The release names its files ``..._4x.pkl`` / ``..._8x.pkl``."""
+    found = {int(m) for m in re.findall(r"(?<![0-9])([248])x(?![0-9a-z])", Path(path).stem.lower())}
+    found |= {int(m) for m in re.findall(r"(?<![0-9a-z])x([248])(?![0-9])", Path(path).stem.lower())}
+    return found.pop() if len(found) == 1 else None
+
+
+def _resolve_scale(declared: int | None, origin: str, requested: int | None, path: Path) -> int:
+    if declared is not None and requested is not None and declared != requested:
+        raise WeightsError(
+            f"{path.name}: the weights are for x{declared} ({origin}) but x{requested} was requested; "
+            f"use scale {declared} or weights trained for x{requested}"
+        )
+    scale = declared if declared is not None else requested
+    if scale is None:
+        raise WeightsError(
+            f"{path.name}: the scale is not recorded in the file or its name; give it explicitly (4 or 8)"
+        )
+    if scale not in SUPPORTED_SCALES:
+        raise WeightsError(f"scale x{scale} is not supported; use one of {SUPPORTED_SCALES}")
+    return scale
+
+
+def _check_state_dict(model: SlimDiffSRStudent, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Report missing, unexpected and mis-shaped tensors by name before loading."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise WeightsError(
+            f"{path.name} does not match the SlimDiffSR student architecture: {'; '.join(problems)}. "
+            "Use a SlimDiffSR release checkpoint or a .safetensors file written by this tool"
+        )
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "params", "model", "net"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path.name} holds no state dict of tensors; it is not a SlimDiffSR checkpoint")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a release checkpoint safely: no pickled code is ever executed."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path.name} was refused: it contains pickled code or objects other than tensors "
+            f"({str(exc).splitlines()[0][:120]}). Only load checkpoints from sources you trust; "
+            "nothing from the file was executed"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path.name} could not be read as a checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); the file may be truncated "
+            "or corrupt: download it again"
+        ) from None
+    return _unwrap(obj, path)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path.name} is not a readable .safetensors file ({str(exc)[:120]}); it may be truncated: "
+            "copy or download it again"
+        ) from None
+    return state, meta
+
+
+def load_weights(path: str | Path, scale: int | None = None) -> LoadedWeights:
+    """Build the student described by ``path`` and load its weights strictly.
+
+    The scale comes from the file's metadata, else from the release's file name, else from
+    ``scale``; a disagreement between them is an error, never a silent wrong result.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; check the path")
+    if path.suffix.lower() == ".safetensors":
+        state, meta = _read_safetensors(path)
+        if meta.get("format") != FORMAT_NAME or "architecture" not in meta:
+            raise WeightsError(
+                f"{path.name} has no SlimDiffSR metadata (format/architecture); "
+                "convert release checkpoints with 'python -m backend.cli convert'"
+            )
+        try:
+            config = StudentConfig.from_json(meta["architecture"])
+        except (ValueError, TypeError) as exc:
+            raise WeightsError(f"{path.name}: invalid architecture metadata ({exc})") from None
+        declared = int(meta["scale"]) if meta.get("scale") else None
+        chosen = _resolve_scale(declared, "file metadata", scale, path)
+        metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
+    elif path.suffix.lower() in RELEASE_SUFFIXES:
+        state = read_release_state_dict(path)
+        config = StudentConfig()
+        chosen = _resolve_scale(scale_from_filename(path), "file name", scale, path)
+        metadata = {"name": path.stem, "origin": "SlimDiffSR release checkpoint"}
+    else:
+        raise WeightsError(
+            f"{path.name}: unknown weights format '{path.suffix}'; use .safetensors or a release .pkl/.pth"
+        )
+    model = SlimDiffSRStudent(config)
+    _check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    model.eval().requires_grad_(False)
+    return LoadedWeights(model=model, scale=chosen, metadata=metadata, source=str(path))
+
+
+def _maybe_json(value: str) -> Any:
+    if value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def save_safetensors(
+    model: SlimDiffSRStudent,
+    path: str | Path,
+    scale: int,
+    *,
+    name: str = "",
+    input_bands: str = "RGB",
+    value_range: tuple[float, float] = (0.0, 1.0),
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights plus the metadata that makes the file self-describing."""
+    from safetensors.torch import save_file
+
+    if scale not in SUPPORTED_SCALES:
+        raise WeightsError(f"scale x{scale} is not supported; use one of {SUPPORTED_SCALES}")
+    path = Path(path)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "writer_version": __version__,
+        "name": name or path.stem,
+        "architecture": model.config.to_json(),
+        "scale": str(scale),
+        "input_bands": input_bands,
+        "value_range": json.dumps(list(value_range)),
+        "training": json.dumps(training or {}),
+    }
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".part")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def convert_release(src: str | Path, dst: str | Path, scale: int | None = None) -> Path:
+    """Release ``.pkl`` -> our ``.safetensors`` with metadata (scale from name or argument)."""
+    loaded = load_weights(src, scale=scale)
+    return save_safetensors(
+        loaded.model,
+        dst,
+        loaded.scale,
+        name=Path(src).stem,
+        training={"origin": "SlimDiffSR authors' release", "source_file": Path(src).name},
+    )
