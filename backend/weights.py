@@ -47,6 +47,18 @@ class LoadedWeights:
         return f"{name} (x{self.scale})"
 
 
+def default_weights_path(scale: int = 4) -> Path:
+    """The bundled default model shipped in ``resources/weights`` for ``scale``."""
+    folder = Path(__file__).resolve().parent.parent / "resources" / "weights"
+    path = folder / f"slimdiffsr_default_x{scale}.safetensors"
+    if not path.is_file():
+        raise WeightsError(
+            f"no bundled default model for x{scale} ({path.name} is missing); choose a weights file "
+            "or reinstall the plugin"
+        )
+    return path
+
+
 def scale_from_filename(path: str | Path) -> int | None:
     """The release names its files ``..._4x.pkl`` / ``..._8x.pkl``."""
     found = {int(m) for m in re.findall(r"(?<![0-9])([248])x(?![0-9a-z])", Path(path).stem.lower())}
@@ -132,7 +144,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(
             f"{path.name} is not a readable .safetensors file ({str(exc)[:120]}); it may be truncated: "

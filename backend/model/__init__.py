@@ -3,4 +3,4 @@
 from backend.model.config import StudentConfig
 from backend.model.student import SlimDiffSRStudent
 
-__all__ = ["StudentConfig", "SlimDiffSRStudent"]
+__all__ = ["SlimDiffSRStudent", "StudentConfig"]

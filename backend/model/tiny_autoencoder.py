@@ -24,9 +24,8 @@ class TinyBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            _conv(channels, channels), nn.ReLU(), _conv(channels, channels), nn.ReLU(), _conv(channels, channels)
-        )
+        c = channels
+        self.conv = nn.Sequential(_conv(c, c), nn.ReLU(), _conv(c, c), nn.ReLU(), _conv(c, c))
         self.skip = nn.Identity()
         self.fuse = nn.ReLU()
 
@@ -42,7 +41,8 @@ class TinyEncoder(nn.Module):
         ch = cfg.vae_channels
         layers: list[nn.Module] = []
         for stage, blocks in enumerate(cfg.encoder_blocks):
-            layers.append(_conv(cfg.image_channels, ch) if stage == 0 else _conv(ch, ch, stride=2, bias=False))
+            first = _conv(cfg.image_channels, ch) if stage == 0 else _conv(ch, ch, stride=2, bias=False)
+            layers.append(first)
             layers += [TinyBlock(ch) for _ in range(blocks)]
         layers.append(_conv(ch, cfg.latent_channels) if cfg.keep_unused else nn.Identity())
         self.layers = nn.Sequential(*layers)

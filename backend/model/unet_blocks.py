@@ -121,7 +121,7 @@ class DownBlock(nn.Module):
         self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        for resnet, attention in zip(self.resnets, self.attentions):
+        for resnet, attention in zip(self.resnets, self.attentions, strict=False):
             x = attention(resnet(x))
             skips.append(x)
         if self.downsamplers is not None:
@@ -139,13 +139,13 @@ class UpBlock(nn.Module):
         super().__init__()
         ins = [cin] + [cout] * (len(skip_channels) - 1)
         self.resnets = nn.ModuleList(
-            LightResnetBlock(i + s, cout, cfg) for i, s in zip(ins, skip_channels)
+            LightResnetBlock(i + s, cout, cfg) for i, s in zip(ins, skip_channels, strict=False)
         )
         self.attentions = nn.ModuleList(SpatialTransformer(cout, cfg) for _ in skip_channels)
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        for resnet, attention in zip(self.resnets, self.attentions):
+        for resnet, attention in zip(self.resnets, self.attentions, strict=False):
             x = attention(resnet(torch.cat([x, skips.pop()], dim=1)))
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
