@@ -1,0 +1,61 @@
+"""Shared test fixtures: real data from ../shared (skipped when absent) and tiny students."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("SLIMDIFFSR_SHARED", ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: users' machines do not have the project's shared data."""
+    data = _shared_dir() / "data"
+    if not (data / "fixtures").is_dir():
+        pytest.skip(f"shared data not found at {data} (only present on development and CI machines)")
+    return data
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(shared_data: Path) -> Path:
+    return shared_data / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A compact member of the student family: same modules, small widths, fast on CPU."""
+    from backend.model import StudentConfig
+
+    return StudentConfig(
+        unet_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_groups=8,
+        num_queries=8,
+        squeeze_dim=16,
+        vae_channels=16,
+        encoder_blocks=(1, 1, 1, 1),
+        decoder_blocks=(1, 1, 1, 1),
+    )
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path: Path, tiny_config) -> Path:
+    """A self-describing x4 .safetensors file with seeded random weights."""
+    import torch
+
+    from backend.model import SlimDiffSRStudent
+    from backend.weights import save_safetensors
+
+    torch.manual_seed(0)
+    model = SlimDiffSRStudent(tiny_config)
+    return save_safetensors(model, tmp_path / "tiny_x4.safetensors", 4, name="tiny test model")
