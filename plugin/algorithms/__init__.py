@@ -1,0 +1,1 @@
+"""One module per Processing algorithm, sharing the parameters in ``base``."""

@@ -1,0 +1,182 @@
+"""Parameters and plumbing shared by the SlimDiffSR algorithms.
+
+Each algorithm turns its parameters into a plain request dict and hands it to the worker;
+everything that needs torch or rasterio happens in the backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..settings import backend_python_setting
+from ..worker_client import WorkerCancelledError, WorkerError, run_request
+
+HELP_URL = "https://github.com/slimdiffsr/slimdiffsr-qgis/blob/main/docs/qgis.md"
+ICON_PATH = Path(__file__).resolve().parent.parent.parent / "resources" / "icon.svg"
+
+DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+SCALES: list[tuple[str, int | None]] = [
+    ("From the weights file", None),
+    ("x2", 2),
+    ("x4", 4),
+    ("x8", 8),
+]
+WEIGHTS_FILTER = "SlimDiffSR weights (*.safetensors *.pkl *.pth *.pt);;All files (*.*)"
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("SlimDiffSR", text)
+
+
+def parse_bands(text: str) -> list[int] | None:
+    """'4,3,2' -> [4, 3, 2]; '' -> None. Raises ValueError with a readable message."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        bands = [int(part) for part in text.replace(";", ",").replace(" ", ",").split(",") if part]
+    except ValueError:
+        raise ValueError(f"bands '{text}' are not a list of band numbers; write e.g. 4,3,2") from None
+    if len(bands) not in (1, 3):
+        raise ValueError(f"give 1 or 3 bands (got {len(bands)}): e.g. 4,3,2 for true colour from Landsat 8")
+    return bands
+
+
+class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
+    """Common parameters (weights, scale, bands, device, precision) and the worker call."""
+
+    INPUT = "INPUT"
+    WEIGHTS = "WEIGHTS"
+    SCALE = "SCALE"
+    BANDS = "BANDS"
+    DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def group(self) -> str:
+        return tr("Super-resolution")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "superresolution"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return HELP_URL
+
+    # -- parameters --------------------------------------------------------------------
+    def add_model_parameters(self) -> None:
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.WEIGHTS,
+                tr("Model weights (empty: bundled default model)"),
+                behavior=QgsProcessingParameterFile.File,
+                optional=True,
+                fileFilter=WEIGHTS_FILTER,
+            )
+        )
+        scale = QgsProcessingParameterEnum(
+            self.SCALE,
+            tr("Scale (only needed when the weights file does not record it)"),
+            options=[label for label, _ in SCALES],
+            defaultValue=0,
+        )
+        self.addParameter(scale)
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.BANDS,
+                tr("Bands to use as red, green, blue (e.g. 4,3,2; empty: bands 1,2,3 or the single band)"),
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(self.DEVICE, tr("Device"), options=DEVICES, defaultValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(self.PRECISION, tr("Precision"), options=PRECISIONS, defaultValue=0)
+        )
+
+    @staticmethod
+    def make_advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        return parameter
+
+    def checkParameterValues(self, parameters: dict[str, Any], context: QgsProcessingContext):  # noqa: N802
+        """Catch bad band lists and non-file layers before anything starts."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
+        except ValueError as exc:
+            return False, str(exc)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is not None:
+            if layer.providerType() != "gdal":
+                return False, tr(
+                    f"layer '{layer.name()}' is not a file-based raster ({layer.providerType()}); "
+                    "save it as a GeoTIFF first (Raster > Conversion > Translate)"
+                )
+            count = layer.bandCount()
+            if bands and any(not 1 <= b <= count for b in bands):
+                return False, tr(f"band(s) {bands} do not all exist; '{layer.name()}' has bands 1 to {count}")
+            if not bands and count == 2:
+                return False, tr(f"'{layer.name()}' has 2 bands: choose 1 band (e.g. 1) or 3 bands")
+        return True, ""
+
+    def model_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """The request fields both algorithms share (None = the backend's default)."""
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        if weights and not Path(weights).is_file():
+            raise QgsProcessingException(tr(f"weights file not found: {weights}; check the path"))
+        try:
+            bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return {
+            "weights": weights,
+            "scale": SCALES[self.parameterAsEnum(parameters, self.SCALE, context)][1],
+            "bands": bands,
+            "device": DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            "precision": PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
+        }
+
+    def input_path(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[QgsRasterLayer, str]:
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(tr("the input raster could not be loaded; check the layer or path"))
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                tr(f"'{layer.name()}' is not a file-based raster; save it as a GeoTIFF first")
+            )
+        return layer, layer.source()
+
+    def run_worker(self, request: dict[str, Any], feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        """The worker call with its failures turned into QgsProcessingException."""
+        try:
+            return run_request(request, feedback, setting=backend_python_setting())
+        except WorkerCancelledError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        except WorkerError as exc:
+            raise QgsProcessingException(tr(f"SlimDiffSR: {exc}")) from None

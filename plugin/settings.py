@@ -1,0 +1,47 @@
+"""Plugin settings stored with the Processing options (Settings > Options > Processing).
+
+Read through ``QgsSettings`` directly, so the value is found in ``qgis_process`` and in
+worker threads as well as in the desktop; the Processing options panel only edits it.
+"""
+
+from __future__ import annotations
+
+from qgis.core import QgsSettings
+
+PROVIDER_GROUP = "SlimDiffSR"
+PYTHON_SETTING = "SLIMDIFFSR_PYTHON"
+_KEY = f"/Processing/Configuration/{PYTHON_SETTING}"
+
+
+def backend_python_setting() -> str:
+    """The 'Backend Python' path set in the Processing options ('' when unset)."""
+    value = QgsSettings().value(_KEY, "")
+    return str(value or "").strip()
+
+
+def register_settings(icon) -> bool:
+    """Show the setting in Processing > Options > Providers; False when Processing is absent."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig, Setting
+    except ImportError:
+        return False
+    ProcessingConfig.settingIcons[PROVIDER_GROUP] = icon
+    ProcessingConfig.addSetting(
+        Setting(
+            PROVIDER_GROUP,
+            PYTHON_SETTING,
+            "Backend Python (empty: the plugin's .venv from 'make install')",
+            "",
+            valuetype=Setting.FILE,
+        )
+    )
+    ProcessingConfig.readSettings()
+    return True
+
+
+def unregister_settings() -> None:
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return
+    ProcessingConfig.removeSetting(PYTHON_SETTING)
