@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "upscale": "backend.engine.command",
     "convert": "backend.convert_command",
+    "train": "backend.training.train_command",
 }
 
 

@@ -1,0 +1,259 @@
+"""Training pairs from folders of rasters: HR crops read through windows, in [0, 1].
+
+One path for every raster a user might have (GeoTIFF, PNG, JPEG; any size, dtype and
+band count): scan -> per-file radiometry and band choice (computed once) -> seeded
+random window -> rasterio windowed read -> nodata rejection -> dihedral augmentation.
+
+Choices that are ours (the paper trains on AID, 8-bit RGB photographs, where none of this
+arises):
+
+* radiometry: uint8 is divided by 255; every other dtype is stretched with one low/high
+  pair per file, the 0.5 / 99.5 percentiles of the valid pixels of the chosen bands
+  pooled together (a shared stretch keeps the colour balance between bands), computed
+  once from a decimated read so a huge file costs one small read;
+* bands: red/green/blue by colour interpretation, else the first three bands; a 1- or
+  2-band raster uses its first band three times (the student is an RGB network);
+* nodata: the dataset's own mask (nodata value, alpha band, internal mask) plus pixels
+  that are zero in every chosen band (satellite scenes often carry an undeclared zero
+  collar); a crop with more than ``max_invalid`` invalid pixels is redrawn;
+* sampling: a file is drawn with probability proportional to its area, so every pixel
+  of the collection is about equally likely; sample ``i`` depends only on ``(seed, i)``,
+  which makes a training run's data stream reproducible and resumable without saving any
+  loader state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
+PERCENTILES = (0.5, 99.5)
+STATS_MAX_SIDE = 1024
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """What the sampler needs to know about one file, computed once."""
+
+    path: str
+    width: int
+    height: int
+    bands: tuple[int, int, int]
+    low: float
+    high: float
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def to_unit(self, values: np.ndarray) -> np.ndarray:
+        """Raw values -> float32 in [0, 1] with this file's stretch."""
+        scaled = (values.astype(np.float32) - self.low) / max(self.high - self.low, 1e-12)
+        return np.clip(scaled, 0.0, 1.0)
+
+
+def find_rasters(paths: Sequence[str | Path]) -> list[Path]:
+    """Files with a raster suffix under the given folders (recursive) or given directly."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES]
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"training data path not found: {p}")
+    return sorted(set(found))
+
+
+def choose_bands(colorinterp: Sequence[ColorInterp]) -> tuple[int, int, int]:
+    """1-based band indices read as R, G, B (see the module docstring)."""
+    interp = list(colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        r, g, b = (interp.index(c) + 1 for c in wanted)
+        return (r, g, b)
+    if len(interp) >= 3:
+        return (1, 2, 3)
+    return (1, 1, 1)
+
+
+def _valid_mask(ds: rasterio.io.DatasetReader, bands: tuple[int, ...], values: np.ndarray,
+                window: Window | None = None, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """True where every chosen band is valid and not all chosen bands are zero."""
+    unique = sorted(set(bands))
+    kw = {"window": window}
+    if out_shape is not None:
+        kw["out_shape"] = (len(unique), *out_shape)
+    masks = ds.read_masks(unique, **kw)
+    valid = np.all(masks > 0, axis=0)
+    return valid & np.any(values != 0, axis=0)
+
+
+def describe_raster(path: str | Path) -> RasterSource:
+    """Open ``path`` once: size, band choice and radiometric stretch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise DataError(f"{path}: not a readable raster ({exc})") from None
+        with ds:
+            bands = choose_bands(ds.colorinterp)
+            dtype = np.dtype(ds.dtypes[bands[0] - 1])
+            if dtype == np.uint8:
+                low, high = 0.0, 255.0
+            else:
+                factor = max(ds.width, ds.height) / STATS_MAX_SIDE
+                shape = (max(1, round(ds.height / max(factor, 1))), max(1, round(ds.width / max(factor, 1))))
+                unique = sorted(set(bands))
+                values = ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.nearest)
+                valid = _valid_mask(ds, bands, values, out_shape=shape)
+                pooled = values[:, valid].astype(np.float64).ravel()
+                pooled = pooled[np.isfinite(pooled)]
+                if pooled.size == 0:
+                    raise DataError(f"{path}: no valid pixels in bands {bands}")
+                low, high = (float(v) for v in np.percentile(pooled, PERCENTILES))
+                if high <= low:
+                    high = low + 1.0
+            return RasterSource(str(path), ds.width, ds.height, bands, low, high)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of the square (k in 0..7) on the last two dims."""
+    if k & 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k & 3, dims=(-2, -1))
+
+
+def stable_split(paths: Sequence[Path], val_fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Hold out about ``val_fraction`` of the files, chosen by a hash of their names.
+
+    Hashing the name (not the list position) keeps a file on the same side when files are
+    added to the folder later; at least one file goes to each side when possible.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError("val_fraction must be in [0, 1)")
+
+    def score(p: Path) -> float:
+        digest = hashlib.sha256(f"{seed}:{p.name}:{p.parent.name}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") / 2**64
+
+    ranked = sorted(paths, key=score)
+    n_val = round(len(ranked) * val_fraction)
+    if val_fraction > 0 and len(ranked) >= 2:
+        n_val = min(max(n_val, 1), len(ranked) - 1)
+    val = sorted(ranked[:n_val])
+    return sorted(ranked[n_val:]), val
+
+
+class RasterCropDataset(Dataset):
+    """Seeded HR crops ``[3, crop, crop]`` in [0, 1] from a list of rasters.
+
+    ``len`` is a virtual epoch (``length``); item ``i`` is a pure function of
+    ``(seed, i)``. Files smaller than the crop are skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        crop: int,
+        *,
+        seed: int = 0,
+        augment: bool = True,
+        max_invalid: float = 0.01,
+        length: int = 1_000_000,
+        max_tries: int = 20,
+    ) -> None:
+        self.crop = int(crop)
+        self.seed = int(seed)
+        self.augment = augment
+        self.max_invalid = float(max_invalid)
+        self.length = int(length)
+        self.max_tries = int(max_tries)
+        sources = [describe_raster(p) for p in paths]
+        self.skipped = [s.path for s in sources if min(s.width, s.height) < self.crop]
+        self.sources = [s for s in sources if min(s.width, s.height) >= self.crop]
+        if not self.sources:
+            raise DataError(
+                f"no raster of at least {self.crop}x{self.crop} pixels among {len(sources)} files"
+            )
+        areas = np.array([s.area for s in self.sources], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read_crop(self, source: RasterSource, top: int, left: int) -> tuple[np.ndarray, float]:
+        """One window -> (HxWx... float32 [3, crop, crop] in [0,1], invalid fraction)."""
+        window = Window(left, top, self.crop, self.crop)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(source.path) as ds:
+                values = ds.read(list(source.bands), window=window)
+                valid = _valid_mask(ds, source.bands, values, window=window)
+        valid &= np.all(np.isfinite(values), axis=0)
+        return source.to_unit(np.nan_to_num(values)), 1.0 - float(valid.mean())
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, int(index)])
+        for _ in range(self.max_tries):
+            source = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+            top = int(rng.integers(0, source.height - self.crop + 1))
+            left = int(rng.integers(0, source.width - self.crop + 1))
+            k = int(rng.integers(0, 8))
+            crop, invalid = self.read_crop(source, top, left)
+            if invalid <= self.max_invalid:
+                x = torch.from_numpy(crop)
+                return dihedral(x, k).contiguous() if self.augment else x
+        # Mostly-empty collections still train: keep the last crop rather than fail.
+        return torch.from_numpy(crop)
+
+
+class FixedCrops(Dataset):
+    """Validation crops: ``per_file`` seeded windows of each file, no augmentation.
+
+    The same files, windows and values on every call, so validation numbers of different
+    steps and of resumed runs are comparable.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], crop: int, per_file: int = 2, seed: int = 12345,
+                 max_invalid: float = 0.01) -> None:
+        base = RasterCropDataset(paths, crop, seed=seed, augment=False, max_invalid=max_invalid, length=1)
+        self.crops: list[torch.Tensor] = []
+        for n, source in enumerate(base.sources):
+            rng = np.random.default_rng([seed, n])
+            kept = 0
+            for _ in range(per_file * 10):
+                top = int(rng.integers(0, source.height - crop + 1))
+                left = int(rng.integers(0, source.width - crop + 1))
+                values, invalid = base.read_crop(source, top, left)
+                if invalid <= max_invalid:
+                    self.crops.append(torch.from_numpy(values))
+                    kept += 1
+                    if kept == per_file:
+                        break
+        if not self.crops:
+            raise DataError("no valid validation crop could be read")
+        self.files = [s.path for s in base.sources]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.crops[index]

@@ -1,0 +1,124 @@
+"""Training data: band choice, radiometry, nodata rejection, seeded crops, bicubic LR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.enums import ColorInterp
+
+from backend.training.data import (
+    FixedCrops,
+    RasterCropDataset,
+    choose_bands,
+    describe_raster,
+    dihedral,
+    find_rasters,
+    stable_split,
+)
+from backend.training.degradations import bicubic_downscale, network_input
+
+
+def write_raster(path: Path, data: np.ndarray, *, nodata=None, interp=None, driver="GTiff") -> Path:
+    count, h, w = data.shape
+    with rasterio.open(path, "w", driver=driver, width=w, height=h, count=count, dtype=data.dtype,
+                       nodata=nodata) as ds:
+        ds.write(data)
+        if interp:
+            ds.colorinterp = interp
+    return path
+
+
+@pytest.fixture()
+def raster_folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    # uint16 3-band with a zero collar (undeclared nodata) on the left 40 columns.
+    a = rng.integers(1000, 5000, size=(3, 96, 128), dtype=np.uint16)
+    a[:, :, :40] = 0
+    write_raster(folder / "u16.tif", a)
+    # 1-band uint8, replicated to RGB.
+    write_raster(folder / "gray.tif", rng.integers(1, 255, size=(1, 80, 80), dtype=np.uint8))
+    # BGR-ordered 4-band uint8 whose colour interpretation says where red is.
+    b = rng.integers(1, 255, size=(4, 64, 64), dtype=np.uint8)
+    write_raster(folder / "bgrn.tif", b, interp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red,
+                                                  ColorInterp.undefined])
+    # Too small for a 64 crop: skipped.
+    write_raster(folder / "small.tif", rng.integers(1, 255, size=(3, 32, 32), dtype=np.uint8))
+    return folder
+
+
+def test_band_choice_follows_colour_interpretation():
+    assert choose_bands([ColorInterp.blue, ColorInterp.green, ColorInterp.red]) == (3, 2, 1)
+    assert choose_bands([ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined,
+                         ColorInterp.undefined]) == (1, 2, 3)
+    assert choose_bands([ColorInterp.gray]) == (1, 1, 1)
+
+
+def test_radiometry_uint8_and_uint16_percentiles(raster_folder: Path):
+    gray = describe_raster(raster_folder / "gray.tif")
+    assert (gray.low, gray.high, gray.bands) == (0.0, 255.0, (1, 1, 1))
+    u16 = describe_raster(raster_folder / "u16.tif")
+    # Percentiles of the valid (non-collar) values 1000..4999, not of the zeros.
+    assert 1000 <= u16.low < 1050 and 4950 < u16.high <= 4999
+    assert describe_raster(raster_folder / "bgrn.tif").bands == (3, 2, 1)
+
+
+def test_crops_are_seeded_valid_and_in_range(raster_folder: Path):
+    files = find_rasters([raster_folder])
+    ds = RasterCropDataset(files, 64, seed=3, max_invalid=0.0)
+    assert [Path(p).name for p in ds.skipped] == ["small.tif"]
+    again = RasterCropDataset(files, 64, seed=3, max_invalid=0.0)
+    other = RasterCropDataset(files, 64, seed=4, max_invalid=0.0)
+    crops = [ds[i] for i in range(12)]
+    for i, c in enumerate(crops):
+        assert c.shape == (3, 64, 64) and c.dtype == torch.float32
+        assert 0.0 <= float(c.min()) and float(c.max()) <= 1.0
+        # No crop contains the zero collar (all bands exactly 0).
+        assert not bool((c == 0).all(dim=0).any())
+        assert torch.equal(c, again[i])
+    assert not all(torch.equal(a, other[i]) for i, a in enumerate(crops))
+
+
+def test_dihedral_group_is_complete():
+    x = torch.arange(16.0).view(1, 4, 4)
+    variants = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
+    assert len(variants) == 8
+
+
+def test_stable_split_holds_out_by_name(tmp_path: Path):
+    paths = [tmp_path / f"f{i}.tif" for i in range(20)]
+    train, val = stable_split(paths, 0.2)
+    assert len(val) == 4 and not set(train) & set(val)
+    train2, val2 = stable_split([*paths, tmp_path / "new.tif"], 0.2)
+    assert set(val) <= set(val2) | {tmp_path / "new.tif"} or len(set(val) & set(val2)) >= 3
+
+
+def test_fixed_crops_are_repeatable(raster_folder: Path):
+    a = FixedCrops([raster_folder / "u16.tif"], 32, per_file=3)
+    b = FixedCrops([raster_folder / "u16.tif"], 32, per_file=3)
+    assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a.crops, b.crops, strict=True))
+
+
+def test_bicubic_lr_and_network_input_shapes():
+    hr = torch.rand(2, 3, 64, 64)
+    lr = bicubic_downscale(hr, 4)
+    assert lr.shape == (2, 3, 16, 16) and 0 <= float(lr.min()) and float(lr.max()) <= 1
+    # A constant image stays constant (antialiased kernels sum to one).
+    flat = bicubic_downscale(torch.full((1, 3, 32, 32), 0.25), 4)
+    assert torch.allclose(flat, torch.full_like(flat, 0.25), atol=1e-6)
+    up = network_input(lr, 4)
+    assert up.shape == (2, 3, 64, 64)
+    assert abs(float(up.mean()) - float((hr * 2 - 1).mean())) < 0.05
+
+
+def test_real_rasters_of_every_kind(shared_data: Path):
+    files = find_rasters([shared_data / "fixtures"])
+    ds = RasterCropDataset(files, 64, seed=0)
+    assert len(ds.sources) >= 9
+    x = torch.stack([ds[i] for i in range(6)])
+    assert x.shape == (6, 3, 64, 64) and torch.isfinite(x).all()

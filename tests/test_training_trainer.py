@@ -1,0 +1,124 @@
+"""The supervised trainer: loss falls, exact resume, budget stop, exported weights load."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from backend.training.train_command import parse_student
+from backend.training.trainer import StudentTrainer, TrainingError, TrainSettings, lr_factor
+from backend.weights import load_weights
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    """Smooth random 'images' (low-pass noise), easy to learn in a few steps."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        noise = rng.random((3, 24, 24))
+        big = np.kron(noise, np.ones((4, 4)))
+        data = (big * 200 + 20).astype(np.uint8)
+        with rasterio.open(folder / f"img{i}.tif", "w", driver="GTiff", width=96, height=96, count=3,
+                           dtype="uint8") as ds:
+            ds.write(data)
+    return folder
+
+
+def settings(folder: Path, out: Path, tiny_config, **kw) -> TrainSettings:
+    base = dict(
+        data=[str(folder)], out=str(out), val_fraction=0.25, scale=4, crop=32, batch_size=2, steps=4,
+        lr=1e-3, warmup=0, schedule="cosine", checkpoint_every=2, val_every=2, log_every=1,
+        student=tiny_config.to_dict(), seed=5,
+    )
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    s = TrainSettings(data=[], out="", steps=110, warmup=10, min_lr_ratio=0.1)
+    assert lr_factor(0, s) == pytest.approx(0.1)
+    assert lr_factor(9, s) == pytest.approx(1.0)
+    assert lr_factor(10, s) == pytest.approx(1.0)
+    assert lr_factor(60, s) == pytest.approx(0.55)
+    assert lr_factor(110, s) == pytest.approx(0.1)
+
+
+def test_student_config_from_preset_json_or_file(tmp_path: Path, tiny_config):
+    assert parse_student("compact")["unet_channels"] == (64, 128, 128)
+    assert parse_student(tiny_config.to_json())["vae_channels"] == 16
+    f = tmp_path / "s.json"
+    f.write_text(tiny_config.to_json())
+    assert parse_student(str(f)) == tiny_config.to_dict()
+
+
+def test_training_resumes_exactly_and_exports(image_folder: Path, tmp_path: Path, tiny_config):
+    torch.set_num_threads(1)
+    straight = StudentTrainer(settings(image_folder, tmp_path / "a", tiny_config))
+    path_a = straight.run()
+    # A budget that runs out after the first step: the chunk checkpoints and exports.
+    chunk1 = StudentTrainer(settings(image_folder, tmp_path / "b", tiny_config, max_minutes=1e-9))
+    chunk1.run()
+    assert chunk1.step == 1 and chunk1.stopped_by == "time budget"
+    partial = load_weights(tmp_path / "b" / "slimdiffsr_student.safetensors")
+    assert partial.metadata["training"]["complete"] is False
+    chunk2 = StudentTrainer(settings(image_folder, tmp_path / "b", tiny_config))
+    path_b = chunk2.run()
+    a = load_weights(path_a).model.state_dict()
+    b = load_weights(path_b).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded = load_weights(path_a)
+    meta = loaded.metadata["training"]
+    assert meta["steps"] == 4 and meta["complete"] is True and meta["method"] == "supervised"
+    assert meta["degradation"]["kind"] == "bicubic" and "psnr" in meta["validation"]
+    assert loaded.scale == 4 and loaded.model.config == tiny_config
+    with open(tmp_path / "b" / "train_log.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_recipe(image_folder: Path, tmp_path: Path, tiny_config):
+    StudentTrainer(settings(image_folder, tmp_path / "c", tiny_config, steps=1)).run()
+    with pytest.raises(TrainingError, match="lr"):
+        StudentTrainer(settings(image_folder, tmp_path / "c", tiny_config, steps=2, lr=5e-4)).run()
+
+
+def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_config):
+    torch.manual_seed(0)
+    s = settings(image_folder, tmp_path / "d", tiny_config, steps=40, val_every=0, checkpoint_every=0,
+                 lr=2e-3, ssim_weight=0.1, fft_weight=0.1)
+    trainer = StudentTrainer(s)
+    hr = next(trainer.batches(0))
+    inputs, target = trainer.make_pair(hr, 0, 0)
+    losses = []
+    for _ in range(40):
+        trainer.optimizer.zero_grad()
+        loss, _ = trainer.compute_loss(inputs, target)
+        loss.backward()
+        trainer.optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_settings_are_validated(image_folder: Path, tmp_path: Path, tiny_config):
+    bad = dataclasses.replace(settings(image_folder, tmp_path / "e", tiny_config), crop=36)
+    with pytest.raises(TrainingError, match="multiple"):
+        StudentTrainer(bad)
+
+
+def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_config):
+    from backend.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", str(image_folder), "--student", tiny_config.to_json(), "--out", str(out),
+               "--steps", "2", "--crop", "32", "--batch-size", "1", "--val-every", "1", "--warmup", "0",
+               "--precision", "bf16", "--name", "mine"])
+    assert rc == 0
+    assert load_weights(out / "mine.safetensors").metadata["training"]["precision"] == "bf16"
