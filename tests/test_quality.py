@@ -1,0 +1,135 @@
+"""The quality check (backend/quality.py): metrics, degradation, outputs, user errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from backend.quality import (
+    AssessOptions,
+    QualityError,
+    assess,
+    bicubic_upscale,
+    degrade,
+    encode_png,
+    psnr,
+    ssim,
+)
+
+
+def smooth_image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    """Image-like test data: smooth structures plus a little texture, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * x + k) * np.cos(4 * y - k) for k in range(c)], axis=-1)
+    return np.clip(0.5 + 0.35 * base + 0.05 * rng.standard_normal((h, w, c)), 0, 1).astype(np.float32)
+
+
+def write_raster(path, data: np.ndarray, dtype: str = "uint16", nodata=None) -> str:
+    bands, h, w = data.shape
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=bands,
+        dtype=dtype,
+        crs=CRS.from_epsg(32621),
+        transform=from_origin(500000, 7200000, 30, 30),
+        nodata=nodata,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(dtype))
+    return str(path)
+
+
+def test_metrics_on_known_cases() -> None:
+    a = smooth_image(64, 64, 1)[..., 0]
+    assert psnr(a, a) == float("inf")
+    assert ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a + 0.01, 0, 1)
+    assert psnr(a, a + 0.01) == pytest.approx(40.0, abs=1e-4)  # mse 1e-4 -> 40 dB
+    assert 0.9 < ssim(a, noisy) < 1.0
+    assert ssim(a, np.zeros_like(a)) < 0.1
+
+
+def test_degrade_and_bicubic_shapes_and_ranges() -> None:
+    hr = smooth_image(96, 128, 3)
+    lr = degrade(hr, 4)
+    assert lr.shape == (24, 32, 3) and 0 <= lr.min() and lr.max() <= 1
+    up = bicubic_upscale(lr, 4)
+    assert up.shape == hr.shape
+    assert psnr(up, hr) > 20  # a smooth image survives x4 bicubic well
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_png_encoder_writes_a_valid_png(tmp_path) -> None:
+    rgb = (smooth_image(20, 30, 3) * 255).astype(np.uint8)
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(rgb))
+    with rasterio.open(path) as src:
+        assert (src.count, src.height, src.width) == (3, 20, 30)
+        assert np.array_equal(src.read().transpose(1, 2, 0), rgb)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_assess_reports_both_methods_and_writes_outputs(tmp_path, tiny_weights) -> None:
+    data = smooth_image(200, 180, 4).transpose(2, 0, 1) * 3000 + 500
+    src = write_raster(tmp_path / "in.tif", data)
+    options = AssessOptions(
+        weights=str(tiny_weights),
+        bands=[3, 2, 1],
+        precision="fp32",
+        sample_size=128,
+        png=str(tmp_path / "out" / "q.png"),
+        html=str(tmp_path / "q.html"),
+    )
+    seen: list[float] = []
+    report = assess(src, options, progress=lambda f, m="": seen.append(f))
+    assert report.scale == 4 and report.bands == [3, 2, 1] and report.channel.startswith("luma")
+    assert report.window == {"col_off": 26, "row_off": 36, "width": 128, "height": 128}
+    assert report.psnr_bicubic > 25 and 0 < report.ssim_bicubic <= 1
+    assert np.isfinite(report.psnr_sr) and -1 <= report.ssim_sr <= 1
+    assert report.device == "cpu, fp32" and seen[0] == 0.0 and seen[-1] == 1.0
+    with rasterio.open(report.png) as png:
+        assert (png.width, png.height) == (4 * 128 + 3 * 8, 128)
+    page = (tmp_path / "q.html").read_text()
+    assert f"{report.psnr_sr:.2f}" in page and "data:image/png;base64," in page
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_assess_single_band_and_extent(tmp_path, tiny_weights) -> None:
+    data = smooth_image(160, 160, 1).transpose(2, 0, 1) * 200
+    src = write_raster(tmp_path / "pan.tif", data, dtype="uint8")
+    # the south-east quarter, in map coordinates
+    bounds = [500000 + 80 * 30, 7200000 - 160 * 30, 500000 + 160 * 30, 7200000 - 80 * 30]
+    report = assess(
+        src, AssessOptions(weights=str(tiny_weights), precision="fp32", bounds=bounds, sample_size=512)
+    )
+    assert report.bands == [1] and report.channel == "band 1"
+    assert report.window == {"col_off": 80, "row_off": 80, "width": 80, "height": 80}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bounds": [0, 0, 10, 10]}, "does not overlap the layer"),
+        ({"bands": [1, 2]}, "choose 1 or 3 bands"),
+        ({"bands": [5, 6, 7]}, r"band\(s\) \[5, 6, 7\] do not exist"),
+        ({"sample_size": 40}, "too small"),
+    ],
+)
+def test_assess_user_errors(tmp_path, tiny_weights, options, message) -> None:
+    src = write_raster(tmp_path / "in.tif", smooth_image(100, 100, 3).transpose(2, 0, 1) * 1000)
+    with pytest.raises(QualityError, match=message):
+        assess(src, AssessOptions(weights=str(tiny_weights), precision="fp32", **options))
+
+
+def test_assess_refuses_a_mostly_nodata_sample(tmp_path, tiny_weights) -> None:
+    data = smooth_image(100, 100, 3).transpose(2, 0, 1) * 1000 + 1
+    data[:, :, :70] = 0
+    src = write_raster(tmp_path / "collar.tif", data, nodata=0)
+    with pytest.raises(QualityError, match="nodata"):
+        assess(src, AssessOptions(weights=str(tiny_weights), precision="fp32"))
