@@ -136,6 +136,8 @@ def progress_fields(update: Any) -> dict[str, Any]:
         parts.append(f"about {format_duration(eta)} left")
     if data.get("message"):
         parts.insert(0, str(data["message"]))
+    elif data.get("stage") not in (None, "tiles"):
+        parts.insert(0, str(data["stage"]))
     if parts:
         fields["message"] = ", ".join(parts)
     return fields
@@ -181,6 +183,8 @@ def _engine_options(request: dict[str, Any]) -> Any:
 
     known = {f.name for f in dataclasses.fields(UpscaleOptions)}
     wanted = {k: v for k, v in request.get("options", {}).items() if v is not None}
+    if isinstance(wanted.get("bands"), list):
+        wanted["bands"] = tuple(int(b) for b in wanted["bands"])
     unknown = sorted(set(wanted) - known)
     if unknown:
         raise RequestError(

@@ -90,25 +90,31 @@ def test_probe_through_the_real_worker() -> None:
 
 def test_library_prints_do_not_reach_the_protocol_stream() -> None:
     """Anything printed by the backend lands on stderr; stdout carries only JSON lines."""
-    proc = subprocess.run(
+    # stdin stays open until the answer: end of stdin means "cancel" to the worker
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys; sys.argv=['w']; import backend.worker as w; "
+            "import sys; import backend.worker as w; "
             "w.HANDLERS['probe'] = lambda r, c, t: (print('noise from a library'), {'ok': 1})[1]; "
             "sys.exit(w.main([]))",
         ],
-        input=json.dumps({"type": "probe"}) + "\n",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env=clean_environment(ROOT),
-        timeout=120,
     )
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    proc.stdin.write(json.dumps({"type": "probe"}) + "\n")
+    proc.stdin.flush()
+    lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
     assert [m["type"] for m in lines] == ["hello", "result"]
     assert lines[-1]["result"] == {"ok": 1}
-    assert "noise from a library" in proc.stderr
+    assert proc.stdout.read() == ""
+    assert "noise from a library" in proc.stderr.read()
 
 
 def test_error_message_reaches_the_client(tmp_path: Path) -> None:

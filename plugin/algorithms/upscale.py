@@ -24,6 +24,8 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
+    NODATA = "NODATA"
+    ALL_BANDS = "ALL_BANDS"
     COG = "COG"
     OVERVIEWS = "OVERVIEWS"
     OUTPUT = "OUTPUT"
@@ -99,6 +101,25 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         )
         self.addParameter(
             self.make_advanced(
+                QgsProcessingParameterNumber(
+                    self.NODATA,
+                    tr("Input nodata value (overrides the layer's, e.g. 0 for an undeclared black collar)"),
+                    type=QgsProcessingParameterNumber.Double,
+                    optional=True,
+                )
+            )
+        )
+        self.addParameter(
+            self.make_advanced(
+                QgsProcessingParameterBoolean(
+                    self.ALL_BANDS,
+                    tr("Process every band in groups of three (non-visible bands: plausible texture only)"),
+                    False,
+                )
+            )
+        )
+        self.addParameter(
+            self.make_advanced(
                 QgsProcessingParameterBoolean(self.OVERVIEWS, tr("Build overviews (faster display)"), True)
             )
         )
@@ -122,7 +143,10 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         batch = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        nodata = parameters.get(self.NODATA)
         options.update(
+            nodata=None if nodata in (None, "") else self.parameterAsDouble(parameters, self.NODATA, context),
+            all_bands=self.parameterAsBoolean(parameters, self.ALL_BANDS, context) or None,
             tile_size=tile if tile > 0 else None,
             overlap=overlap if overlap >= 0 else None,
             batch_size=batch if batch > 0 else None,
@@ -140,14 +164,16 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
 
     @staticmethod
     def log_report(report: dict[str, Any], feedback: QgsProcessingFeedback) -> None:
-        """The engine's summary, one line per fact; unknown fields are shown as they are."""
-        device = report.get("device") or report.get("device_description")
-        if device:
-            precision = report.get("precision")
-            text = str(device)
-            if precision and str(precision) not in text:
-                text = f"{text}, {precision}"
-            feedback.pushInfo(tr(f"device: {text}"))
-        for key in ("output_size", "output_width", "output_height", "scale", "elapsed_s"):
-            if key in report:
-                feedback.pushInfo(f"{key.replace('_', ' ')}: {report[key]}")
+        """The engine's summary: device and precision used, sizes, tiles, time."""
+        if report.get("device"):
+            feedback.pushInfo(tr(f"device: {report['device']}"))
+        if report.get("model"):
+            feedback.pushInfo(tr(f"model: {report['model']}"))
+        size = report.get("output_size")
+        if isinstance(size, list) and len(size) == 2:
+            feedback.pushInfo(tr(f"output: {size[0]}x{size[1]} pixels (x{report.get('scale')})"))
+        if "tiles" in report:
+            skipped = report.get("tiles_skipped", 0)
+            feedback.pushInfo(tr(f"tiles: {report['tiles']} ({skipped} empty, skipped)"))
+        if "elapsed_s" in report:
+            feedback.pushInfo(tr(f"time: {float(report['elapsed_s']):.1f} s"))
