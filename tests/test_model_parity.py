@@ -207,3 +207,21 @@ def test_config_round_trip_and_validation(tiny_config: StudentConfig) -> None:
         StudentConfig(unet_channels=(30, 64, 64), norm_groups=8).validate()
     with pytest.raises(ValueError, match="unknown architecture fields"):
         StudentConfig.from_dict({"widths": [1]})
+
+
+def test_input_residual_adds_the_bicubic_input(tiny_config: StudentConfig) -> None:
+    """Compact students may learn only the detail missing from the bicubic input."""
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_config, input_residual=True)
+    model = SlimDiffSRStudent(cfg).eval()
+    plain = SlimDiffSRStudent(tiny_config).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(model(x)[1], plain(x)[1] + x, atol=1e-6)
+        last = model.vae.decoder.layers[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        assert torch.equal(model(x)[1], x)
+    assert StudentConfig.from_json(cfg.to_json()).input_residual

@@ -43,4 +43,5 @@ class SlimDiffSRStudent(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.denoise(self.encode(image))
-        return z, self.decode(z)
+        out = self.decode(z)
+        return z, out + image if self.config.input_residual else out
