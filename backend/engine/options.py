@@ -1,0 +1,105 @@
+"""The engine's public value types: options in, progress out, a report at the end, errors.
+
+These are the only types the QGIS worker process and the command line exchange with the
+engine, so they are plain dataclasses with documented fields and no behaviour that
+touches files or devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class EngineError(RuntimeError):
+    """An expected failure, in one line for the user: what, why, what to do."""
+
+
+class EngineCancelled(EngineError):  # noqa: N818 - reads better at call sites than ...Error
+    """The run was cancelled by the caller (cancel callback, Ctrl-C); nothing was written."""
+
+
+@dataclass
+class UpscaleOptions:
+    """What to compute and how. Every field has a usable default.
+
+    Sizes (``tile_size``, ``overlap``) are in *input* (low-resolution) pixels. ``None``
+    means "the measured default" (see docs/engine.md): tiles of 512 output pixels
+    (128 input pixels at x4, 64 at x8) and an overlap of 64 output pixels.
+    """
+
+    weights: str | Path | None = None
+    """Weights file (.safetensors or release .pkl); None: the bundled default model."""
+    scale: int | None = None
+    """2, 4 or 8; None: the scale recorded in the weights (4 for the bundled default)."""
+    bands: str | tuple[int, ...] | None = None
+    """1-based input bands, "4,3,2" style; None: RGB by colour interpretation, else first three."""
+    all_bands: bool = False
+    """Process every band (alpha excluded) in groups of three. Non-visible bands are outside
+    the model's training distribution: the result is plausible texture, not measured signal."""
+    device: str = "auto"
+    precision: str = "auto"
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    cog: bool = False
+    """Write a Cloud Optimized GeoTIFF (implies overviews)."""
+    overviews: bool = False
+    """Build internal overviews (average resampling)."""
+    nodata: float | None = None
+    """Override the input's nodata value (e.g. an undeclared zero collar); None: as declared."""
+    compress: str = "deflate"
+    stat_windows: int = 8
+    """Windows run once before the main pass to estimate the global colour-match statistics."""
+    block_size: int = 512
+    """Output GeoTIFF block size; blocks are also the unit of finalization."""
+    prefetch_batches: int = 2
+    """Batches read ahead of the model by the reader thread."""
+    io_threads: int | None = None
+    """GDAL compression threads for the output; None: all CPUs."""
+    extra_tags: dict[str, str] = field(default_factory=dict)
+    """Additional dataset tags written into the output."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported at least once per batch: ``fraction`` in [0, 1], tiles, ETA in seconds."""
+
+    fraction: float
+    tiles_done: int
+    tiles_total: int
+    elapsed_s: float
+    eta_s: float | None
+    stage: str = "tiles"
+
+
+@dataclass
+class UpscaleReport:
+    """What was done; ``as_dict()`` is JSON-serialisable (the worker sends it as is)."""
+
+    input: str
+    output: str
+    input_size: tuple[int, int]
+    """(width, height) in input pixels."""
+    output_size: tuple[int, int]
+    scale: int
+    bands: tuple[int, ...]
+    """Input band indexes (1-based) written as output bands 1..n (alpha, if any, follows)."""
+    dtype: str
+    crs: str
+    """The output CRS as WKT (empty when the input had none)."""
+    model: str
+    device: str
+    """``SuperResolver.description``: device and precision."""
+    tiles: int
+    tiles_skipped: int
+    tile_size: int
+    overlap: int
+    elapsed_s: float
+    radiometry: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

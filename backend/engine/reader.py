@@ -1,0 +1,196 @@
+"""Reading the input: validation, global radiometry, windowed reads with validity masks.
+
+A :class:`TileReader` owns one rasterio dataset handle; GDAL handles are not thread-safe,
+so the reader thread, the writer thread and the main thread each open their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
+
+from backend.engine.options import EngineError
+from backend.engine.plan import Window
+from backend.engine.radiometry import (
+    SUPPORTED_DTYPES,
+    BandGroup,
+    Radiometry,
+    decimated_shape,
+    group_bands,
+    parse_bands,
+    select_bands,
+    value_range,
+)
+
+MIN_INPUT_SIZE = 8
+"""Smallest width/height accepted: smaller rasters carry too little context for the model."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the engine needs to know about the input, read once."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    """Nodata value in effect (declared, or the caller's override)."""
+    bands: tuple[int, ...]
+    alpha: int | None
+    mask: str
+    """How validity is known: 'nodata', 'alpha', 'mask' (internal mask), 'none'."""
+
+
+@dataclass(frozen=True)
+class TileInput:
+    window: Window
+    lr: np.ndarray | None
+    """[groups, 3, h, w] float32 in [0, 1]; None when every pixel is nodata (skipped)."""
+    valid: np.ndarray
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: bool,
+                   nodata: float | None) -> SourceInfo:
+    """Open and validate the input; raise EngineError with a one-line reason."""
+    if not path.exists():
+        raise EngineError(f"input not found: {path}; check the path")
+    if path.is_dir():
+        raise EngineError(f"input is a directory, not a raster: {path}")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        raise EngineError(
+            f"cannot read {path.name} as a raster ({_one_line(exc)}); give a GeoTIFF or another GDAL raster"
+        ) from None
+    with src:
+        if src.count == 0:
+            raise EngineError(f"{path.name} has no bands; nothing to super-resolve")
+        if src.width < MIN_INPUT_SIZE or src.height < MIN_INPUT_SIZE:
+            raise EngineError(
+                f"{path.name} is {src.width}x{src.height} pixels; at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+                "is needed"
+            )
+        dtypes = set(src.dtypes)
+        if len(dtypes) != 1:
+            raise EngineError(
+                f"{path.name} mixes band data types {sorted(dtypes)}; convert to one type first"
+            )
+        dtype = src.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise EngineError(
+                f"{path.name}: data type {dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
+            )
+        chosen, alpha = select_bands(src.count, tuple(src.colorinterp), parse_bands(bands), all_bands)
+        nd = nodata if nodata is not None else src.nodata
+        flags = src.mask_flag_enums[chosen[0] - 1]
+        if nd is not None:
+            kind = "nodata"
+        elif alpha is not None:
+            kind = "alpha"
+        elif MaskFlags.per_dataset in flags and MaskFlags.all_valid not in flags:
+            kind = "mask"
+        else:
+            kind = "none"
+        return SourceInfo(path, src.width, src.height, src.count, dtype, nd, chosen, alpha, kind)
+
+
+class TileReader:
+    """Windowed reads of the selected bands plus the validity mask, on its own handle."""
+
+    def __init__(self, info: SourceInfo, radiometry: Radiometry | None = None) -> None:
+        self.info = info
+        self.radiometry = radiometry
+        self._src: rasterio.io.DatasetReader | None = None
+
+    def __enter__(self) -> TileReader:
+        try:
+            self._src = rasterio.open(self.info.path)
+        except RasterioError as exc:
+            raise EngineError(f"cannot reopen {self.info.path.name} ({_one_line(exc)})") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+    @property
+    def src(self) -> rasterio.io.DatasetReader:
+        if self._src is None:
+            raise RuntimeError("TileReader used outside its context")
+        return self._src
+
+    def read_window(self, row_off: int, col_off: int, height: int, width: int,
+                    out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(data of the selected bands [n, h, w], valid [h, w] bool)."""
+        win = RioWindow(col_off, row_off, width, height)
+        kw = {}
+        if out_shape is not None:
+            kw = {"out_shape": (len(self.info.bands), *out_shape), "resampling": Resampling.nearest}
+        try:
+            data = self.src.read(self.info.bands, window=win, **kw)
+            valid = self._valid(data, win, out_shape)
+        except RasterioError as exc:
+            raise EngineError(
+                f"reading {self.info.path.name} failed at rows {row_off}-{row_off + height}, cols "
+                f"{col_off}-{col_off + width} ({_one_line(exc)}); the file may be damaged"
+            ) from None
+        return data, valid
+
+    def _valid(self, data: np.ndarray, win: RioWindow, out_shape: tuple[int, int] | None) -> np.ndarray:
+        info = self.info
+        kw = {} if out_shape is None else {"out_shape": out_shape, "resampling": Resampling.nearest}
+        if info.mask == "nodata":
+            nd = info.nodata
+            invalid = np.isnan(data) if nd is not None and np.isnan(nd) else data == data.dtype.type(nd)
+            valid = ~invalid.all(axis=0)
+        elif info.mask == "alpha":
+            valid = self.src.read(info.alpha, window=win, **kw) > 0
+        elif info.mask == "mask":
+            valid = self.src.read_masks(info.bands[0], window=win, **kw) > 0
+        else:
+            valid = np.ones(data.shape[1:], dtype=bool)
+        if data.dtype.kind == "f":
+            valid &= np.isfinite(data).all(axis=0)
+        return valid
+
+    def read_alpha(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        return self.src.read(self.info.alpha, window=RioWindow(col_off, row_off, width, height))
+
+    def read_tile(self, window: Window) -> TileInput:
+        """Model input for one window, or lr=None when the window is entirely nodata."""
+        if self.radiometry is None:
+            raise RuntimeError("read_tile needs the run's radiometry")
+        data, valid = self.read_window(window.row_off, window.col_off, window.height, window.width)
+        if not valid.any():
+            return TileInput(window, None, valid)
+        return TileInput(window, self.radiometry.to_model(data, valid), valid)
+
+    def global_radiometry(self) -> Radiometry:
+        """Value ranges from a decimated read of the whole raster (overviews when present)."""
+        info = self.info
+        shape = decimated_shape(info.height, info.width)
+        data, valid = self.read_window(0, 0, info.height, info.width, out_shape=shape)
+        groups = []
+        for bands, slots in group_bands(info.bands):
+            samples = data[list(slots)][:, valid].astype(np.float64).ravel()
+            lo, hi = value_range(info.dtype, samples)
+            groups.append(BandGroup(bands, slots, lo, hi))
+        return Radiometry(info.dtype, tuple(groups), info.nodata)
+
+
+def has_rgb(colorinterp: tuple[ColorInterp, ...]) -> bool:
+    return {ColorInterp.red, ColorInterp.green, ColorInterp.blue} <= set(colorinterp)

@@ -1,0 +1,330 @@
+"""``upscale_raster``: one raster from input path to finished GeoTIFF.
+
+Data path: plan -> reader thread (windowed reads, global radiometry) -> batches -> model
+(main thread: SuperResolver on its device and precision) -> writer thread (blender, block
+finalization, GeoTIFF writes) -> temporary file -> rename. The queues between the threads
+are short, so memory stays bounded while the model never waits on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import RasterioError
+
+from backend import __version__
+from backend.engine.blender import Blender
+from backend.engine.model import ModelLike, ModelStep, resolve_model
+from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
+from backend.engine.plan import TilePlan, Window, make_plan
+from backend.engine.reader import SourceInfo, TileInput, TileReader, inspect_source
+from backend.engine.writer import (
+    BIGTIFF_THRESHOLD,
+    TempOutput,
+    check_disk_space,
+    check_paths,
+    copy_metadata,
+    estimate_bytes,
+    output_profile,
+    upsample_nearest,
+    write_block,
+)
+
+DEFAULT_TILE_OUT = 512
+"""Default tile in output pixels (128 input pixels at x4); see docs/engine.md."""
+DEFAULT_OVERLAP_OUT = 64
+"""Default overlap in output pixels (16 input pixels at x4); see docs/engine.md."""
+GDAL_CACHE_MB = 128
+_DONE = object()
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+def default_tile(scale: int) -> int:
+    return max(16, DEFAULT_TILE_OUT // scale)
+
+
+def default_overlap(scale: int) -> int:
+    return max(2, -(-DEFAULT_OVERLAP_OUT // scale))
+
+
+def upscale_raster(
+    input: str | Path,
+    output: str | Path,
+    model: ModelLike = None,
+    options: UpscaleOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> UpscaleReport:
+    """Super-resolve ``input`` into a georeferenced GeoTIFF at ``output``.
+
+    ``model``: a SuperResolver, a LoadedWeights, a weights path, or None (``options.weights``
+    or the bundled default). ``progress`` is called at least once per batch; ``cancel`` is
+    polled at least once per batch and a True answer stops the run. On any failure, cancel
+    or Ctrl-C nothing is left at ``output`` and temporary files are removed.
+
+    Raises EngineError (one-line message for the user), EngineCancelled (a subclass), or
+    KeyboardInterrupt unchanged.
+    """
+    options = options or UpscaleOptions()
+    t0 = time.monotonic()
+    src_path, dst_path = Path(input), Path(output)
+    check_paths(src_path, dst_path)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
+        info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
+        if options.batch_size < 1:
+            raise EngineError("batch size must be at least 1")
+        resolver, model_name = resolve_model(model, options)
+        scale = resolver.scale
+        tile = options.tile_size or default_tile(scale)
+        overlap = options.overlap if options.overlap is not None else default_overlap(scale)
+        try:
+            plan = make_plan(
+                info.width, info.height, scale, tile, overlap, resolver.multiple, options.block_size
+            )
+        except ValueError as exc:
+            raise EngineError(f"{exc}; choose a smaller --overlap or a larger --tile-size") from None
+        count = len(info.bands) + (1 if info.alpha else 0)
+        size = estimate_bytes(
+            plan.out_width, plan.out_height, count, info.dtype, options.overviews, options.cog
+        )
+        check_disk_space(dst_path.parent, size, options.cog)
+        with TileReader(info) as reader:
+            radiometry = reader.global_radiometry()
+        step = ModelStep(resolver, radiometry)
+        bigtiff = size > BIGTIFF_THRESHOLD
+        temp = TempOutput(dst_path)
+        try:
+            cache, tiles_skipped = _estimate_stats(plan, info, step, options, cancel)
+            with rasterio.open(src_path) as src:
+                provenance = {
+                    "SLIMDIFFSR_MODEL": model_name,
+                    "SLIMDIFFSR_SCALE": str(scale),
+                    "SLIMDIFFSR_PRECISION": resolver.precision,
+                    "SLIMDIFFSR_DEVICE": resolver.description,
+                    "SLIMDIFFSR_VERSION": __version__,
+                    "SLIMDIFFSR_SOURCE": src_path.name,
+                    "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)),
+                    **options.extra_tags,
+                }
+                threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
+                profile = output_profile(src, count, scale, info.nodata, options.compress,
+                                         options.block_size, bigtiff, threads)
+                crs_wkt = src.crs.to_wkt() if src.crs else ""
+                try:
+                    dst = rasterio.open(temp.path, "w", **profile)
+                except RasterioError as exc:
+                    raise EngineError(
+                        f"cannot create the output ({str(exc).splitlines()[0][:200]})"
+                    ) from None
+                with dst:
+                    copy_metadata(src, dst, info.bands, info.alpha, provenance)
+                    tiles_skipped = _execute(plan, info, step, dst, cache, options, progress, cancel, t0)
+            temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff)
+        except BaseException:
+            temp.discard()
+            raise
+    elapsed = time.monotonic() - t0
+    if progress:
+        progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
+    return UpscaleReport(
+        input=str(src_path), output=str(dst_path), input_size=(info.width, info.height),
+        output_size=(plan.out_width, plan.out_height), scale=scale, bands=info.bands, dtype=info.dtype,
+        crs=crs_wkt, model=model_name, device=resolver.description, tiles=len(plan),
+        tiles_skipped=tiles_skipped, tile_size=plan.tile, overlap=plan.overlap, elapsed_s=elapsed,
+        radiometry=radiometry.describe(),
+    )
+
+
+def _sample_order(n: int, k: int) -> Iterator[int]:
+    """Evenly spread window indexes first, then the rest (for mostly-nodata rasters)."""
+    first = sorted({round(i) for i in np.linspace(0, n - 1, min(k, n))})
+    yield from first
+    chosen = set(first)
+    yield from (i for i in range(n) if i not in chosen)
+
+
+def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: UpscaleOptions,
+                    cancel: CancelFn | None) -> tuple[dict[int, torch.Tensor], int]:
+    """Run the model on a few valid windows; keep their raw outputs for the main pass."""
+    samples, cache = [], {}
+    with TileReader(info, step.radiometry) as reader:
+        batch: list[TileInput] = []
+        for idx in _sample_order(len(plan), max(1, options.stat_windows)):
+            if len(samples) + len(batch) >= options.stat_windows:
+                break
+            tile = reader.read_tile(plan.window(idx))
+            if tile.lr is not None:
+                batch.append(tile)
+            if len(batch) == options.batch_size:
+                _check_cancel(cancel)
+                samples += _run_samples(step, batch, cache)
+                batch = []
+        if batch:
+            _check_cancel(cancel)
+            samples += _run_samples(step, batch, cache)
+    if not samples:
+        raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)")
+    step.estimate_stats(samples)
+    return cache, 0
+
+
+def _run_samples(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]) -> list[Any]:
+    lr = np.stack([t.lr for t in batch if t.lr is not None])
+    sr, up = step.raw(lr)
+    out = []
+    for i, t in enumerate(batch):
+        cache[t.window.index] = sr[i].clone()
+        out.append((t.lr, t.valid, sr[i], up[i]))
+    return out
+
+
+def _check_cancel(cancel: CancelFn | None) -> None:
+    if cancel is not None and cancel():
+        raise EngineCancelled("cancelled; nothing was written")
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that records its exception instead of dying silently."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:
+            self.error = exc
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache: dict[int, torch.Tensor],
+             options: UpscaleOptions, progress: ProgressFn | None, cancel: CancelFn | None, t0: float) -> int:
+    """Main pass: reader thread -> model (this thread) -> writer thread. Returns skipped tiles."""
+    stop = threading.Event()
+    inbox: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch_batches))
+    outbox: queue.Queue = queue.Queue(maxsize=2 * options.batch_size)
+    windows = plan.windows()
+    radiometry = step.radiometry
+    n_out = len(info.bands)
+
+    def read_loop() -> None:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info, radiometry) as reader:
+            for i in range(0, len(windows), options.batch_size):
+                batch = [
+                    TileInput(w, None, np.ones((1, 1), bool)) if w.index in cache else reader.read_tile(w)
+                    for w in windows[i : i + options.batch_size]
+                ]
+                if not _put(inbox, batch, stop):
+                    return
+        _put(inbox, _DONE, stop)
+
+    def write_loop() -> None:
+        blender = Blender(plan, n_out)
+        s = plan.scale
+        env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True)
+        with env, TileReader(info) as masks:
+            while True:
+                try:
+                    item = outbox.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if item is _DONE:
+                    return
+                window, values = item
+                for block, blended in blender.add(window, values):
+                    r0, c0, h, w = plan.input_window_of(block)
+                    _, valid_lr = masks.read_window(r0, c0, h, w)
+                    valid = upsample_nearest(valid_lr, s, block, (r0, c0))
+                    alpha = None
+                    if info.alpha:
+                        alpha = upsample_nearest(masks.read_alpha(r0, c0, h, w), s, block, (r0, c0))
+                    mask = valid if info.mask == "mask" else None
+                    try:
+                        write_block(dst, block, radiometry.from_model(blended, valid), alpha, mask)
+                    except RasterioError as exc:
+                        raise EngineError(
+                            f"writing the output failed ({str(exc).splitlines()[0][:200]}); is the disk full?"
+                        ) from None
+
+    reader_t, writer_t = _Worker("slimdiffsr-reader", read_loop), _Worker("slimdiffsr-writer", write_loop)
+    reader_t.start()
+    writer_t.start()
+    done = skipped = 0
+    try:
+        while True:
+            for t in (reader_t, writer_t):
+                if t.error is not None:
+                    raise t.error
+            try:
+                batch = inbox.get(timeout=0.1)
+            except queue.Empty:
+                if not reader_t.is_alive() and reader_t.error is None and inbox.empty():
+                    raise EngineError("the reader stopped unexpectedly") from None
+                continue
+            if batch is _DONE:
+                break
+            _check_cancel(cancel)
+            results = _run_batch(step, batch, cache)
+            for window, values in results:
+                skipped += values is None
+                if not _put(outbox, (window, values), stop) or writer_t.error is not None:
+                    raise writer_t.error or EngineError("the writer stopped unexpectedly")
+            done += len(batch)
+            if progress:
+                elapsed = time.monotonic() - t0
+                eta = elapsed / done * (len(windows) - done) if done else None
+                progress(Progress(done / len(windows) * 0.99, done, len(windows), elapsed, eta))
+        _put(outbox, _DONE, stop)
+        while writer_t.is_alive():
+            writer_t.join(timeout=0.1)
+        if writer_t.error is not None:
+            raise writer_t.error
+        return skipped
+    finally:
+        stop.set()
+        for t in (reader_t, writer_t):
+            t.join(timeout=30)
+
+
+def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]
+               ) -> list[tuple[Window, np.ndarray | None]]:
+    todo = [t for t in batch if t.lr is not None]
+    raw: dict[int, torch.Tensor] = {}
+    if todo:
+        sr, _ = step.raw(np.stack([t.lr for t in todo if t.lr is not None]))
+        raw = {t.window.index: sr[i] for i, t in enumerate(todo)}
+    out: list[tuple[Window, np.ndarray | None]] = []
+    for t in batch:
+        r = cache.pop(t.window.index, None)
+        if r is None:
+            r = raw.get(t.window.index)
+        out.append((t.window, None if r is None else step.finish(r)))
+    return out
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
