@@ -15,7 +15,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class EngineError(RuntimeError):
-    """An expected failure, in one line for the user: what, why, what to do."""
+    """An expected failure, in one line for the user: what, why, what to do.
+
+    ``stage`` is "input" for problems found in the request or the input (bad path, bands,
+    no valid pixel) and "run" for failures while computing or writing (read error in the
+    middle of the raster, disk full, out of memory); the command line maps them to exit
+    codes 2 and 1.
+    """
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class EngineCancelled(EngineError):  # noqa: N818 - reads better at call sites than ...Error

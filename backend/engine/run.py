@@ -131,6 +131,11 @@ def upscale_raster(
                     copy_metadata(src, dst, info.bands, info.alpha, provenance)
                     tiles_skipped = _execute(plan, info, step, dst, cache, options, progress, cancel, t0)
             temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff)
+        except EngineError as exc:
+            temp.discard()
+            if exc.stage is None:
+                exc.stage = "run"
+            raise
         except BaseException:
             temp.discard()
             raise
@@ -174,7 +179,7 @@ def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: 
             _check_cancel(cancel)
             samples += _run_samples(step, batch, cache)
     if not samples:
-        raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)")
+        raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)", "input")
     step.estimate_stats(samples)
     return cache, 0
 

@@ -1,0 +1,93 @@
+"""``slimdiffsr upscale INPUT OUTPUT``: the engine from the command line, without QGIS.
+
+Exit codes: 0 success, 1 failure while running, 2 bad input or usage, 130 cancelled
+(Ctrl-C). Errors are one line on stderr; the progress bar is on stderr too, so stdout
+carries only the final summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "super-resolve a georeferenced raster into a tiled GeoTIFF (x2/x4/x8)"
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("input", help="input raster (GeoTIFF or any raster GDAL reads)")
+    add("output", help="output GeoTIFF (.tif); written beside as a temporary file, then renamed")
+    add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")
+    add("--scale", type=int, choices=(2, 4, 8), help="scale factor (default: from the weights)")
+    add("--bands", help="1-based input bands, e.g. 4,3,2 (default: RGB, else the first three)")
+    add("--all-bands", action="store_true",
+        help="every band in groups of three (non-visible bands are out of distribution)")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+        help="compute precision (default: auto = fastest within 1%% of fp32)")
+    add("--tile-size", type=int, help="tile size in input pixels (default: 512 output pixels)")
+    add("--overlap", type=int, help="tile overlap in input pixels (default: 64 output pixels)")
+    add("--batch-size", type=int, default=4, help="tiles per model call (default: 4)")
+    add("--nodata", type=float, help="treat this input value as nodata (overrides the file)")
+    add("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    add("--overviews", action="store_true", help="build internal overviews (average)")
+    add("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that `--help` stays fast (torch and rasterio load in seconds).
+    from backend.engine import EngineCancelled, EngineError, Progress, UpscaleOptions, upscale_raster
+
+    options = UpscaleOptions(
+        weights=args.weights, scale=args.scale, bands=args.bands, all_bands=args.all_bands,
+        device=args.device, precision=args.precision, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, nodata=args.nodata, cog=args.cog, overviews=args.overviews,
+    )
+    bar = None
+
+    def on_progress(p: Progress) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.tiles_total, unit="tile", file=sys.stderr, dynamic_ncols=True)
+        bar.update(p.tiles_done - bar.n)
+
+    try:
+        report = upscale_raster(args.input, args.output, None, options, progress=on_progress)
+    except EngineCancelled:
+        _close(bar)
+        print("cancelled; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        _close(bar)
+        print("cancelled; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except EngineError as exc:
+        _close(bar)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if _is_input_error(exc) else EXIT_FAILED
+    except (OSError, RuntimeError, MemoryError) as exc:
+        _close(bar)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        print(f"error: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return EXIT_FAILED
+    _close(bar)
+    w, h = report.output_size
+    print(f"wrote {report.output} ({w}x{h}, {len(report.bands)} band(s), x{report.scale}, "
+          f"{report.tiles} tiles, {report.device}, {report.elapsed_s:.1f} s)")
+    return EXIT_OK
+
+
+def _close(bar: object) -> None:
+    if bar is not None:
+        bar.close()  # type: ignore[attr-defined]
+
+
+def _is_input_error(exc: Exception) -> bool:
+    """Errors found before any tile was computed are the user's input (exit 2)."""
+    return getattr(exc, "stage", None) in (None, "input")

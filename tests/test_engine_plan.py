@@ -1,0 +1,82 @@
+"""The tile plan and the blender, without models or files: geometry and weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.engine import Blender, make_plan
+from backend.engine.plan import axis_starts
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(100, 32, 8), (250, 128, 16), (129, 128, 16), (32, 32, 8),
+                                               (20, 32, 8), (1000, 64, 0), (241, 128, 16)])
+def test_axis_starts_cover_snap_and_overlap(size: int, tile: int, overlap: int) -> None:
+    starts = axis_starts(size, min(tile, size), overlap)
+    t = min(tile, size)
+    assert starts[0] == 0
+    assert starts[-1] + t == size  # last window snapped to the edge, never past it
+    for a, b in zip(starts, starts[1:], strict=False):
+        assert a + t - b >= overlap  # neighbours overlap at least as asked
+        assert b > a
+
+
+@pytest.mark.parametrize("w,h,scale,tile,overlap", [(300, 200, 4, 64, 16), (131, 77, 2, 32, 8),
+                                                    (50, 40, 8, 16, 4), (40, 40, 4, 64, 16)])
+def test_weights_are_a_partition_of_unity(w: int, h: int, scale: int, tile: int, overlap: int) -> None:
+    plan = make_plan(w, h, scale, tile, overlap, multiple=16, block=128)
+    assert (plan.tile * scale) % 16 == 0
+    total = np.zeros((plan.out_height, plan.out_width))
+    for win in plan.windows():
+        y, x = win.row_off * scale, win.col_off * scale
+        total[y : y + win.height * scale, x : x + win.width * scale] += plan.weight(win)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    # the separable weight sum of every block agrees with the accumulated one
+    for r in range(plan.block_grid[0]):
+        for c in range(plan.block_grid[1]):
+            b = plan.block_at(r, c)
+            np.testing.assert_allclose(plan.weight_sum(b), total[b.y0 : b.y0 + b.height, b.x0 : b.x0 + b.width],
+                                       atol=1e-6)
+
+
+def test_outer_edges_are_not_feathered_and_interior_edges_are() -> None:
+    plan = make_plan(300, 300, 4, 64, 16, multiple=16)
+    first = plan.weight(plan.window(0))
+    assert first[0, 0] == 1.0 and first[0, 100] == 1.0  # raster corner and top edge: full weight
+    assert first[-1, 10] == 0.0 and first[10, -1] == 0.0  # interior edges: a discarded band
+    assert plan.rows.ramp == 32  # half the output overlap
+
+
+def test_blending_is_order_independent_and_exact_for_consistent_tiles() -> None:
+    rng = np.random.default_rng(0)
+    plan = make_plan(150, 110, 4, 48, 16, multiple=16, block=128)
+    image = rng.random((2, plan.out_height, plan.out_width)).astype(np.float32)
+    outputs = []
+    for order in (range(len(plan)), rng.permutation(len(plan))):
+        blender = Blender(plan, 2)
+        result = np.full_like(image, np.nan)
+        for i in order:
+            win = plan.window(int(i))
+            y, x = win.row_off * 4, win.col_off * 4
+            tile = image[:, y : y + win.height * 4, x : x + win.width * 4]
+            for block, arr in blender.add(win, tile):
+                result[:, block.y0 : block.y0 + block.height, block.x0 : block.x0 + block.width] = arr
+        assert blender.live_blocks == 0
+        outputs.append(result)
+    np.testing.assert_allclose(outputs[0], image, atol=1e-5)  # tiles that agree blend to the image itself
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
+
+
+def test_row_major_order_keeps_only_about_two_block_rows_alive() -> None:
+    plan = make_plan(1000, 1000, 4, 128, 16, multiple=16, block=512)
+    blender = Blender(plan, 1)
+    peak = 0
+    for win in plan.windows():
+        blender.add(win, np.zeros((1, win.height * 4, win.width * 4), np.float32))
+        peak = max(peak, blender.live_blocks)
+    assert peak <= 2 * plan.block_grid[1] + 2
+
+
+def test_bad_overlap_is_refused() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        make_plan(100, 100, 4, 32, 20, multiple=16)
