@@ -208,6 +208,9 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     report = upscale_raster(
         request["input"], request["output"], None, options, progress=on_progress, cancel=cancel
     )
+    if cancel():  # cancelled after the last check: the user asked for no output, honour it
+        Path(request["output"]).unlink(missing_ok=True)
+        raise CancelledError
     return jsonable(report)
 
 
