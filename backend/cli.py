@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "upscale": "backend.engine.command",
     "convert": "backend.convert_command",
     "train": "backend.training.train_command",
+    "teacher": "backend.training.teacher_command",
+    "prune": "backend.training.prune_command",
+    "distill": "backend.training.distill_command",
+    "finetune": "backend.training.finetune_command",
 }
 
 

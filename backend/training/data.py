@@ -93,8 +93,13 @@ def choose_bands(colorinterp: Sequence[ColorInterp]) -> tuple[int, int, int]:
     return (1, 1, 1)
 
 
-def _valid_mask(ds: rasterio.io.DatasetReader, bands: tuple[int, ...], values: np.ndarray,
-                window: Window | None = None, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+def _valid_mask(
+    ds: rasterio.io.DatasetReader,
+    bands: tuple[int, ...],
+    values: np.ndarray,
+    window: Window | None = None,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
     """True where every chosen band is valid and not all chosen bands are zero."""
     unique = sorted(set(bands))
     kw = {"window": window}
@@ -232,8 +237,14 @@ class FixedCrops(Dataset):
     steps and of resumed runs are comparable.
     """
 
-    def __init__(self, paths: Sequence[str | Path], crop: int, per_file: int = 2, seed: int = 12345,
-                 max_invalid: float = 0.01) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        crop: int,
+        per_file: int = 2,
+        seed: int = 12345,
+        max_invalid: float = 0.01,
+    ) -> None:
         base = RasterCropDataset(paths, crop, seed=seed, augment=False, max_invalid=max_invalid, length=1)
         self.crops: list[torch.Tensor] = []
         for n, source in enumerate(base.sources):

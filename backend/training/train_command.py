@@ -49,8 +49,12 @@ def parse_student(value: str | None) -> dict[str, Any] | None:
 def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, default_lr: float) -> None:
     """Options shared by train, distill and finetune."""
     g = p.add_argument_group("data")
-    g.add_argument("--val-data", nargs="*", default=[], help="held-out rasters/folders (default: a "
-                   "hash-chosen fraction of --data)")
+    g.add_argument(
+        "--val-data",
+        nargs="*",
+        default=[],
+        help="held-out rasters/folders (default: a hash-chosen fraction of --data)",
+    )
     g.add_argument("--val-fraction", type=float, default=0.1, help="share of files held out (default 0.1)")
     g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     g.add_argument("--crop", type=int, default=128, help="HR crop size in pixels (default 128; paper 256)")
@@ -66,8 +70,12 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
     o.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     o.add_argument("--warmup", type=int, default=100)
     o.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    o.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast dtype (bf16 on CPU or GPU, fp16 on CUDA with loss scaling)")
+    o.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast dtype (bf16 on CPU or GPU, fp16 on CUDA with loss scaling)",
+    )
     o.add_argument("--l1", type=float, default=1.0, dest="l1_weight")
     o.add_argument("--ssim", type=float, default=0.0, dest="ssim_weight")
     o.add_argument("--fft", type=float, default=0.0, dest="fft_weight")
@@ -77,8 +85,12 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
     r.add_argument("--name", default=None, help="name of the exported .safetensors (default from the run)")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    r.add_argument("--max-minutes", type=float, default=None,
-                   help="stop (checkpoint + export) after this long; run again to continue")
+    r.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (checkpoint + export) after this long; run again to continue",
+    )
     r.add_argument("--checkpoint-every", type=int, default=200)
     r.add_argument("--val-every", type=int, default=200)
     r.add_argument("--val-crops-per-file", type=int, default=2)
@@ -89,8 +101,12 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, help="HR rasters or folders (GeoTIFF/PNG/JPEG)")
-    p.add_argument("--student", default=None, help="StudentConfig as a preset (paper, compact), a JSON "
-                   "file or a JSON string (default: the paper's student)")
+    p.add_argument(
+        "--student",
+        default=None,
+        help="StudentConfig as a preset (paper, compact), a JSON "
+        "file or a JSON string (default: the paper's student)",
+    )
     p.add_argument("--init", default=None, help="start from these weights (.safetensors or release .pkl)")
     add_common_arguments(p, default_steps=20000, default_lr=2e-4)
 
@@ -99,16 +115,39 @@ def settings_from_args(args: argparse.Namespace, method: str, default_name: str)
     from backend.training.trainer import TrainSettings
 
     return TrainSettings(
-        data=[str(d) for d in args.data], out=args.out, val_data=list(args.val_data),
-        val_fraction=args.val_fraction, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, warmup=args.warmup, grad_clip=args.grad_clip, precision=args.precision,
-        l1_weight=args.l1_weight, ssim_weight=args.ssim_weight, fft_weight=args.fft_weight,
-        degradation=args.degradation, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
-        val_crops_per_file=args.val_crops_per_file, log_every=args.log_every, max_minutes=args.max_minutes,
-        seed=args.seed, device=args.device, workers=args.workers, init=getattr(args, "init", None),
-        student=parse_student(getattr(args, "student", None)), name=args.name or default_name,
-        method=method, tensorboard=args.tensorboard, max_invalid=args.max_invalid,
+        data=[str(d) for d in args.data],
+        out=args.out,
+        val_data=list(args.val_data),
+        val_fraction=args.val_fraction,
+        scale=args.scale,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        precision=args.precision,
+        l1_weight=args.l1_weight,
+        ssim_weight=args.ssim_weight,
+        fft_weight=args.fft_weight,
+        degradation=args.degradation,
+        checkpoint_every=args.checkpoint_every,
+        val_every=args.val_every,
+        val_crops_per_file=args.val_crops_per_file,
+        log_every=args.log_every,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        init=getattr(args, "init", None),
+        student=parse_student(getattr(args, "student", None)),
+        name=args.name or default_name,
+        method=method,
+        tensorboard=args.tensorboard,
+        max_invalid=args.max_invalid,
     )
 
 

@@ -88,14 +88,15 @@ class TrainSettings:
     method: str = "supervised"
     tensorboard: bool = False
     max_invalid: float = 0.01
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (teacher, MMD, GAN)
 
-    def validate(self, config: StudentConfig) -> None:
+    def validate(self, multiple: int) -> None:
         if self.scale not in (2, 4, 8):
             raise TrainingError(f"scale must be 2, 4 or 8, not {self.scale}")
-        if self.crop % self.scale or self.crop % config.downscale:
+        if self.crop % self.scale or self.crop % multiple:
             raise TrainingError(
-                f"crop {self.crop} must be a multiple of the scale {self.scale} and of the student's "
-                f"input multiple {config.downscale}"
+                f"crop {self.crop} must be a multiple of the scale {self.scale} and of the network's "
+                f"input multiple {multiple}"
             )
         if self.schedule not in ("cosine", "constant"):
             raise TrainingError("schedule must be 'cosine' or 'constant'")
@@ -155,8 +156,11 @@ class StudentTrainer:
         self.device = resolve_device(settings.device)
         torch.manual_seed(settings.seed)
         self.model, self.init_metadata = self._build_model()
-        settings.student = self.model.config.to_dict()
-        settings.validate(self.model.config)
+        if isinstance(self.model, SlimDiffSRStudent):
+            settings.student = self.model.config.to_dict()
+            settings.validate(self.model.config.downscale)
+        else:
+            settings.validate(self.model.downscale)
         self.model.to(self.device).train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(
             self.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99)
@@ -183,11 +187,14 @@ class StudentTrainer:
     # -- construction ------------------------------------------------------------------
     def _build_model(self) -> tuple[SlimDiffSRStudent, dict[str, Any]]:
         if self.s.init:
-            loaded = load_weights(self.s.init, scale=None if Path(self.s.init).suffix == ".safetensors" else
-                                  self.s.scale)
+            loaded = load_weights(
+                self.s.init, scale=None if Path(self.s.init).suffix == ".safetensors" else self.s.scale
+            )
             if loaded.scale != self.s.scale:
-                self.log(f"note: {Path(self.s.init).name} was trained for x{loaded.scale}; training for "
-                         f"x{self.s.scale} (x4 and x8 share the architecture)")
+                self.log(
+                    f"note: {Path(self.s.init).name} was trained for x{loaded.scale}; training for "
+                    f"x{self.s.scale} (x4 and x8 share the architecture)"
+                )
             return loaded.model, dict(loaded.metadata)
         config = StudentConfig.from_dict(self.s.student) if self.s.student else StudentConfig()
         return SlimDiffSRStudent(config), {}
@@ -301,7 +308,7 @@ class StudentTrainer:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "settings": json.dumps(dataclasses.asdict(self.s)),
-            "model": self.model.state_dict(),
+            "model": self.model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -314,6 +321,13 @@ class StudentTrainer:
         torch.save(state, tmp)
         tmp.replace(self.checkpoint_path)
         return self.checkpoint_path
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """What of the model a checkpoint holds (the teacher keeps only its trained parts)."""
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
 
     def extra_state(self) -> dict[str, Any]:
         """Subclasses add their own trainable state (e.g. a discriminator)."""
@@ -329,8 +343,18 @@ class StudentTrainer:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         saved = json.loads(state["settings"])
         # Settings that may change between chunks: the budget, the device, workers, cadence.
-        free = {"max_minutes", "device", "workers", "checkpoint_every", "val_every", "log_every", "steps",
-                "tensorboard", "out", "init"}
+        free = {
+            "max_minutes",
+            "device",
+            "workers",
+            "checkpoint_every",
+            "val_every",
+            "log_every",
+            "steps",
+            "tensorboard",
+            "out",
+            "init",
+        }
         mine = json.loads(json.dumps(dataclasses.asdict(self.s)))
         changed = [k for k in saved if k not in free and saved[k] != mine.get(k)]
         if changed:
@@ -338,7 +362,7 @@ class StudentTrainer:
                 f"{self.checkpoint_path} was written with different settings ({', '.join(sorted(changed))}); "
                 "use the same settings to resume, or --restart to start over"
             )
-        self.model.load_state_dict(state["model"])
+        self.load_model_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -442,19 +466,27 @@ class StudentTrainer:
                 if not math.isfinite(parts["loss"]):
                     raise TrainingError(f"loss became {parts['loss']} at step {self.step}; lower --lr")
                 if self.step % self.s.log_every == 0 or self.step == 1:
-                    row = {"step": self.step, **{k: round(v, 6) for k, v in parts.items()},
-                           "lr": self.scheduler.get_last_lr()[0], "sec_per_step": round(dt, 4),
-                           "elapsed_s": round(self.train_seconds, 1)}
+                    row = {
+                        "step": self.step,
+                        **{k: round(v, 6) for k, v in parts.items()},
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "sec_per_step": round(dt, 4),
+                        "elapsed_s": round(self.train_seconds, 1),
+                    }
                     self.append_csv("train_log.csv", row)
-                    self.log(" ".join(
-                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                    ))
+                    self.log(
+                        " ".join(
+                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                        )
+                    )
                 if self.s.val_every and self.step % self.s.val_every == 0:
                     self.last_val = self.validate()
                     if self.last_val:
                         self.append_csv("val_log.csv", {"step": self.step, **self.last_val})
-                        self.log(f"validation step {self.step}: " + ", ".join(
-                            f"{k} {v:.3f}" for k, v in self.last_val.items()))
+                        self.log(
+                            f"validation step {self.step}: "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in self.last_val.items())
+                        )
                 if self.s.checkpoint_every and self.step % self.s.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop.signal is not None:
