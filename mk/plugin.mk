@@ -1,0 +1,60 @@
+# QGIS plugin targets: link into the QGIS profile, demo, package, screenshot.
+# Included by the Makefile (-include mk/*.mk); uses its VENV, PY, SYSTEM_PYTHON.
+
+PLUGIN_NAME := slimdiffsr
+QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+QGIS_PLUGINS_DIR := $(QGIS_PROFILE)/python/plugins
+QGIS_PROCESS ?= /usr/bin/qgis_process.bin
+PLUGIN_VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+PACKAGE_ZIP := build/$(PLUGIN_NAME)-$(PLUGIN_VERSION).zip
+PACKAGE_MAX_MB := 25
+# qgis_process needs a display platform and a runtime dir even headless.
+QGIS_HEADLESS := QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}
+
+.PHONY: plugin-link demo package screenshot
+
+install: plugin-link
+
+# Link this folder into the QGIS profile as 'slimdiffsr' and enable it. The plugin then
+# finds the backend at ./.venv by itself. Refuses to replace anything that is not our link.
+plugin-link: system
+	@mkdir -p "$(QGIS_PLUGINS_DIR)" "$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}"
+	@chmod 700 "$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}"
+	@target="$(QGIS_PLUGINS_DIR)/$(PLUGIN_NAME)"; \
+	if [ "$$(readlink -f "$$target")" = "$$(readlink -f "$(CURDIR)")" ]; then :; \
+	elif [ -L "$$target" ]; then ln -sfn "$(CURDIR)" "$$target" && echo "plugin link updated: $$target -> $(CURDIR)"; \
+	elif [ -e "$$target" ]; then \
+	  echo "error: $$target exists and is not a link to this folder; move it away, then run 'make install' again" >&2; exit 1; \
+	else ln -s "$(CURDIR)" "$$target" && echo "plugin linked: $$target -> $(CURDIR)"; fi
+	@out=$$($(QGIS_HEADLESS) $(QGIS_PROCESS) plugins enable $(PLUGIN_NAME) 2>&1) || echo "$$out" | grep -q "already enabled" \
+	  || { echo "error: 'qgis_process plugins enable $(PLUGIN_NAME)' failed: $$(echo "$$out" | tail -1)" >&2; exit 1; }
+	@$(QGIS_HEADLESS) $(QGIS_PROCESS) list 2>/dev/null | grep -q "$(PLUGIN_NAME):upscale" \
+	  && echo "QGIS plugin '$(PLUGIN_NAME)' enabled (Processing Toolbox > SlimDiffSR)" \
+	  || { echo "error: QGIS does not list $(PLUGIN_NAME):upscale; see docs/qgis.md 'Troubleshooting'" >&2; exit 1; }
+
+# The main job end to end through qgis_process on a real Landsat 8 scene (downloaded once
+# into build/demo). DEMO_SIZE=0 for the whole scene, DEMO_DEVICE=1 to force the CPU.
+demo: install
+	@$(PY) tools/demo.py
+
+# The zip for plugins.qgis.org: tracked files (and the bundled weights) minus tests and
+# development files, in a top-level folder named like the plugin.
+package:
+	@rm -rf build/package && mkdir -p build/package/$(PLUGIN_NAME)
+	@{ git ls-files --cached --others --exclude-standard; ls resources/weights/*.safetensors 2>/dev/null; } \
+	  | sort -u \
+	  | grep -v -E '^(tests/|\.ci/|\.github/|docs/|tools/(demo|screenshot|train)|mk/train|backend/bench|requirements-train|\.gitignore$$|\.pre-commit|pyproject\.toml$$)' \
+	  | while read -r f; do [ -f "$$f" ] && install -D -m 644 "$$f" "build/package/$(PLUGIN_NAME)/$$f"; done; true
+	@chmod 755 build/package/$(PLUGIN_NAME)/tools/*.sh 2>/dev/null || true
+	@rm -f $(PACKAGE_ZIP) && cd build/package && $(SYSTEM_PYTHON) -m zipfile -c ../$(notdir $(PACKAGE_ZIP)) $(PLUGIN_NAME)
+	@size=$$(stat -c %s $(PACKAGE_ZIP)); mb=$$(( (size + 1048575) / 1048576 )); \
+	if [ $$size -gt $$(( $(PACKAGE_MAX_MB) * 1048576 )) ]; then \
+	  echo "error: $(PACKAGE_ZIP) is $$mb MB, over the $(PACKAGE_MAX_MB) MB limit of plugins.qgis.org; shrink resources/weights" >&2; exit 1; fi; \
+	n=$$($(SYSTEM_PYTHON) -c "import sys, zipfile; print(len(zipfile.ZipFile(sys.argv[1]).namelist()))" $(PACKAGE_ZIP)); \
+	echo "$(PACKAGE_ZIP): $$n files, $$mb MB"
+
+# Screenshot of the 'SlimDiffSR Upscale' dialog for the documentation (headless, Xvfb).
+screenshot: system
+	@mkdir -p docs/images
+	@XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)} xvfb-run -a -s "-screen 0 1400x1000x24" \
+	  $(SYSTEM_PYTHON) tools/screenshot.py docs/images/upscale_dialog.png
