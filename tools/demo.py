@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.quality import side_by_side, write_png  # noqa: E402
-from tools.demo_data import DEFAULT_MEMBER  # noqa: E402
-from tools.demo_data import main as fetch_scene  # noqa: E402
+from tools.demo_data import DEFAULT_MEMBER, download, extract  # noqa: E402
 
 BUILD = ROOT / "build" / "demo"
 QGIS_PROCESS = os.environ.get("QGIS_PROCESS", "/usr/bin/qgis_process.bin")
@@ -94,9 +93,14 @@ def main() -> int:
     if not Path(QGIS_PROCESS).exists():
         print(f"error: {QGIS_PROCESS} not found; run 'make install' (installs QGIS)", file=sys.stderr)
         return 1
-    if fetch_scene([str(BUILD)]) != 0:
-        return 1
+    BUILD.mkdir(parents=True, exist_ok=True)
     scene = BUILD / DEFAULT_MEMBER
+    if not scene.is_file():
+        try:
+            extract(download(BUILD), DEFAULT_MEMBER, BUILD)
+        except OSError as exc:
+            print(f"error: cannot download the demo scene ({exc}); check the connection", file=sys.stderr)
+            return 1
     size = int(os.environ.get("DEMO_SIZE", "512"))
     source = crop(scene, size)
     output = BUILD / f"{source.stem}_x4.tif"
