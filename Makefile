@@ -15,12 +15,13 @@ help:
 system:
 	@bash tools/install_system.sh
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(SYSTEM_PYTHON) || { echo "error: $(SYSTEM_PYTHON) missing; run 'make system' as root"; exit 1; }
 	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	bash tools/install_torch.sh $(PY)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 venv: system $(VENV)/.installed
@@ -30,7 +31,8 @@ install: venv
 lint: venv
 	$(PY) -m ruff check .
 
-test: install
+# The whole suite: model, weights, engine, worker, real QGIS (qgis_process), training.
+test: install train-install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
