@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ def test_axis_starts_cover_snap_and_overlap(size: int, tile: int, overlap: int) 
     t = min(tile, size)
     assert starts[0] == 0
     assert starts[-1] + t == size  # last window snapped to the edge, never past it
-    for a, b in zip(starts, starts[1:], strict=False):
+    for a, b in itertools.pairwise(starts):
         assert a + t - b >= overlap  # neighbours overlap at least as asked
         assert b > a
 
@@ -35,8 +37,8 @@ def test_weights_are_a_partition_of_unity(w: int, h: int, scale: int, tile: int,
     for r in range(plan.block_grid[0]):
         for c in range(plan.block_grid[1]):
             b = plan.block_at(r, c)
-            np.testing.assert_allclose(plan.weight_sum(b), total[b.y0 : b.y0 + b.height, b.x0 : b.x0 + b.width],
-                                       atol=1e-6)
+            expected = total[b.y0 : b.y0 + b.height, b.x0 : b.x0 + b.width]
+            np.testing.assert_allclose(plan.weight_sum(b), expected, atol=1e-6)
 
 
 def test_outer_edges_are_not_feathered_and_interior_edges_are() -> None:
