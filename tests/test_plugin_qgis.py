@@ -542,3 +542,18 @@ def test_plugin_loads_without_the_backend_packages(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "['slimdiffsr:assess', 'slimdiffsr:upscale']" in proc.stdout
+
+
+def test_processing_setting_overrides_the_environment(rasters, tmp_path) -> None:
+    """The 'Backend Python' option of Processing > Options > Providers > SlimDiffSR is honoured."""
+    if not QGIS_PROCESS.exists():
+        pytest.skip("QGIS is not installed")
+    custom = Qgis(tmp_path / "q", ROOT)
+    ini = custom.profile / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    text = ini.read_text() if ini.is_file() else ""
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text(text + "\n[Processing]\nConfiguration\\SLIMDIFFSR_PYTHON=/opt/elsewhere/bin/python\n")
+    proc, _ = custom.run("slimdiffsr:upscale", {"INPUT": rasters["custom"], "OUTPUT": tmp_path / "o.tif"})
+    assert "set by the Processing setting 'Backend Python' does not exist: /opt/elsewhere/bin/python" in (
+        proc.stdout + proc.stderr
+    )
