@@ -92,6 +92,7 @@ class DistillTrainer(StudentTrainer):
 
     def __init__(self, settings, log=print) -> None:
         settings.extra = {**DISTILL_DEFAULTS, **settings.extra}
+        settings.method = "distillation"
         if not settings.extra["teacher"]:
             raise TrainingError(
                 "distillation needs --teacher: a teacher directory (from 'teacher' or a base)"
