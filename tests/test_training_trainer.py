@@ -26,17 +26,30 @@ def image_folder(tmp_path: Path) -> Path:
         noise = rng.random((3, 24, 24))
         big = np.kron(noise, np.ones((4, 4)))
         data = (big * 200 + 20).astype(np.uint8)
-        with rasterio.open(folder / f"img{i}.tif", "w", driver="GTiff", width=96, height=96, count=3,
-                           dtype="uint8") as ds:
+        with rasterio.open(
+            folder / f"img{i}.tif", "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8"
+        ) as ds:
             ds.write(data)
     return folder
 
 
 def settings(folder: Path, out: Path, tiny_config, **kw) -> TrainSettings:
     base = dict(
-        data=[str(folder)], out=str(out), val_fraction=0.25, scale=4, crop=32, batch_size=2, steps=4,
-        lr=1e-3, warmup=0, schedule="cosine", checkpoint_every=2, val_every=2, log_every=1,
-        student=tiny_config.to_dict(), seed=5,
+        data=[str(folder)],
+        out=str(out),
+        val_fraction=0.25,
+        scale=4,
+        crop=32,
+        batch_size=2,
+        steps=4,
+        lr=1e-3,
+        warmup=0,
+        schedule="cosine",
+        checkpoint_every=2,
+        val_every=2,
+        log_every=1,
+        student=tiny_config.to_dict(),
+        seed=5,
     )
     base.update(kw)
     return TrainSettings(**base)
@@ -92,8 +105,17 @@ def test_resume_refuses_changed_recipe(image_folder: Path, tmp_path: Path, tiny_
 
 def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_config):
     torch.manual_seed(0)
-    s = settings(image_folder, tmp_path / "d", tiny_config, steps=40, val_every=0, checkpoint_every=0,
-                 lr=2e-3, ssim_weight=0.1, fft_weight=0.1)
+    s = settings(
+        image_folder,
+        tmp_path / "d",
+        tiny_config,
+        steps=40,
+        val_every=0,
+        checkpoint_every=0,
+        lr=2e-3,
+        ssim_weight=0.1,
+        fft_weight=0.1,
+    )
     trainer = StudentTrainer(s)
     hr = next(trainer.batches(0))
     inputs, target = trainer.make_pair(hr, 0, 0)
@@ -117,8 +139,65 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_confi
     from backend.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["train", "--data", str(image_folder), "--student", tiny_config.to_json(), "--out", str(out),
-               "--steps", "2", "--crop", "32", "--batch-size", "1", "--val-every", "1", "--warmup", "0",
-               "--precision", "bf16", "--name", "mine"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(image_folder),
+            "--student",
+            tiny_config.to_json(),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--crop",
+            "32",
+            "--batch-size",
+            "1",
+            "--val-every",
+            "1",
+            "--warmup",
+            "0",
+            "--precision",
+            "bf16",
+            "--name",
+            "mine",
+        ]
+    )
     assert rc == 0
     assert load_weights(out / "mine.safetensors").metadata["training"]["precision"] == "bf16"
+
+
+def test_finetune_validates_before_and_after(image_folder: Path, tmp_path: Path, tiny_weights: Path):
+    pytest.importorskip("kornia", reason="the Real-ESRGAN degradation needs kornia (requirements-train.txt)")
+    from backend.cli import main
+
+    out = tmp_path / "ft"
+    rc = main(
+        [
+            "finetune",
+            "--data",
+            str(image_folder),
+            "--init",
+            str(tiny_weights),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--crop",
+            "32",
+            "--batch-size",
+            "1",
+            "--val-every",
+            "2",
+            "--warmup",
+            "0",
+        ]
+    )
+    assert rc == 0
+    with open(out / "val_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 2]
+    meta = load_weights(out / "slimdiffsr_finetuned_x4.safetensors").metadata["training"]
+    assert meta["method"] == "finetune" and meta["degradation"]["kind"] == "realesrgan-second-order"
+    assert meta["started_from"] == "tiny test model"
