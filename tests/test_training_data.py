@@ -24,8 +24,9 @@ from backend.training.degradations import bicubic_downscale, network_input
 
 def write_raster(path: Path, data: np.ndarray, *, nodata=None, interp=None, driver="GTiff") -> Path:
     count, h, w = data.shape
-    with rasterio.open(path, "w", driver=driver, width=w, height=h, count=count, dtype=data.dtype,
-                       nodata=nodata) as ds:
+    with rasterio.open(
+        path, "w", driver=driver, width=w, height=h, count=count, dtype=data.dtype, nodata=nodata
+    ) as ds:
         ds.write(data)
         if interp:
             ds.colorinterp = interp
@@ -45,8 +46,11 @@ def raster_folder(tmp_path: Path) -> Path:
     write_raster(folder / "gray.tif", rng.integers(1, 255, size=(1, 80, 80), dtype=np.uint8))
     # BGR-ordered 4-band uint8 whose colour interpretation says where red is.
     b = rng.integers(1, 255, size=(4, 64, 64), dtype=np.uint8)
-    write_raster(folder / "bgrn.tif", b, interp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red,
-                                                  ColorInterp.undefined])
+    write_raster(
+        folder / "bgrn.tif",
+        b,
+        interp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined],
+    )
     # Too small for a 64 crop: skipped.
     write_raster(folder / "small.tif", rng.integers(1, 255, size=(3, 32, 32), dtype=np.uint8))
     return folder
@@ -54,8 +58,9 @@ def raster_folder(tmp_path: Path) -> Path:
 
 def test_band_choice_follows_colour_interpretation():
     assert choose_bands([ColorInterp.blue, ColorInterp.green, ColorInterp.red]) == (3, 2, 1)
-    assert choose_bands([ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined,
-                         ColorInterp.undefined]) == (1, 2, 3)
+    assert choose_bands(
+        [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined, ColorInterp.undefined]
+    ) == (1, 2, 3)
     assert choose_bands([ColorInterp.gray]) == (1, 1, 1)
 
 
