@@ -166,6 +166,13 @@ def run_trainer(trainer_cls, settings, args: argparse.Namespace) -> int:
     except (TrainingError, DataError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        print(
+            f"error: {exc.name or exc} is missing; install the training extras: "
+            "pip install -r requirements-train.txt (or make train-install)",
+            file=sys.stderr,
+        )
+        return 2
     return 130 if trainer.stopped_by.startswith("signal") else 0
 
 
