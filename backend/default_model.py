@@ -8,12 +8,25 @@ training starts from bicubic quality and can only add detail.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import rasterio
 import torch
+import torch.nn.functional as F
+from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
 
+from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
-from backend.weights import save_safetensors
+from backend.weights import default_weights_path, load_weights, save_safetensors
+
+# Eval images are cropped (centre) to at most this many HR pixels a side, to bound time.
+EVAL_MAX_SIDE = 512
 
 
 def initial_student(seed: int = 0) -> SlimDiffSRStudent:
@@ -26,16 +39,107 @@ def initial_student(seed: int = 0) -> SlimDiffSRStudent:
     return model
 
 
+@dataclass
+class EvalImage:
+    name: str
+    hr: torch.Tensor  # [1, 3, H, W] in [0, 1], H and W multiples of the scale
+
+
+def load_eval_images(folder: Path, scale: int) -> list[EvalImage]:
+    """Every raster of ``folder`` as RGB in [0, 1] with the training data's stretch."""
+    from backend.training.data import describe_raster, find_rasters
+
+    images = []
+    for path in find_rasters([folder]):
+        source = describe_raster(path)
+        with rasterio.open(path) as ds:
+            h = min(ds.height, EVAL_MAX_SIDE) // scale * scale
+            w = min(ds.width, EVAL_MAX_SIDE) // scale * scale
+            window = rasterio.windows.Window((ds.width - w) // 2, (ds.height - h) // 2, w, h)
+            values = ds.read(list(source.bands), window=window)
+        hr = torch.from_numpy(source.to_unit(values))[None]
+        images.append(EvalImage(Path(path).relative_to(folder).as_posix(), hr))
+    return images
+
+
+def lanczos_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """GDAL's Lanczos resampling (as QGIS users get it), through an in-memory raster."""
+    _, c, h, w = lr.shape
+    with MemoryFile() as mem, mem.open(driver="GTiff", width=w, height=h, count=c, dtype="float32") as ds:
+        ds.write(lr[0].numpy())
+        up = ds.read(out_shape=(c, h * scale, w * scale), resampling=Resampling.lanczos)
+    return torch.from_numpy(up)[None].clamp(0, 1)
+
+
+def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> dict[str, object]:
+    """PSNR/SSIM on Y for bicubic, Lanczos and the model, on bicubic and realistic LR."""
+    from backend.training.degradations import bicubic_downscale
+    from backend.training.metrics import psnr, rgb_to_y, ssim_index
+    from backend.training.realesrgan import RealESRGANDegradation
+
+    loaded = load_weights(weights, scale=scale)
+    resolver = SuperResolver(loaded.model, scale, device, "fp32")
+    realistic = RealESRGANDegradation(scale)
+    images = load_eval_images(folder, scale)
+    results: dict[str, dict[str, list[float]]] = {}
+    seconds, pixels = 0.0, 0
+    for index, image in enumerate(images):
+        generator = torch.Generator().manual_seed(1000 + index)
+        lrs = {
+            "bicubic-degraded": bicubic_downscale(image.hr, scale),
+            "realistic-degraded": realistic(image.hr, generator).clamp(0, 1),
+        }
+        for kind, lr in lrs.items():
+            start = time.perf_counter()
+            sr = resolver.super_resolve(lr[0].permute(1, 2, 0).numpy())
+            seconds += time.perf_counter() - start
+            pixels += sr.shape[0] * sr.shape[1]
+            bicubic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+            outputs = {
+                "bicubic": bicubic.clamp(0, 1),
+                "lanczos": lanczos_upsample(lr, scale),
+                "model": torch.from_numpy(sr).permute(2, 0, 1)[None],
+            }
+            y_hr = rgb_to_y(image.hr)
+            for method, out in outputs.items():
+                y = rgb_to_y(out)
+                entry = results.setdefault(f"{kind}/{method}", {"psnr_y": [], "ssim_y": []})
+                entry["psnr_y"].append(float(psnr(y, y_hr, border=scale)))
+                entry["ssim_y"].append(float(ssim_index(y, y_hr)))
+    summary = {
+        key: {m: round(float(np.mean(v)), 3) for m, v in metrics.items()} for key, metrics in results.items()
+    }
+    return {
+        "weights": str(weights),
+        "scale": scale,
+        "images": [im.name for im in images],
+        "metrics": summary,
+        "model_mpx_per_s_fp32_whole_image": round(pixels / seconds / 1e6, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.default_model")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="write the untrained compact student (output = bicubic)")
     p.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     p.add_argument("--out", required=True)
+    e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
+    e.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
+    e.add_argument("--weights", help="default: the bundled model for --scale")
+    e.add_argument("--shared", default="../shared")
+    e.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "init":
         save_safetensors(initial_student(), args.out, args.scale, name="compact student, untrained")
         print(f"wrote {args.out}")
+        return 0
+    weights = Path(args.weights) if args.weights else default_weights_path(args.scale)
+    report = evaluate(weights, Path(args.shared) / "data" / "eval", args.scale)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
     return 0
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model import SlimDiffSRStudent
+from backend.weights import LoadedWeights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RELEASE_PAD_MULTIPLE = 256
@@ -136,6 +137,7 @@ class SuperResolver:
         *,
         channels_last: bool = True,
         compile: bool = False,
+        color_match: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -148,10 +150,18 @@ class SuperResolver:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.compile = compile
+        self.color_match = color_match
         self.multiple = model.config.downscale
         self.probe_error: float | None = None
         self.precision = self._choose_precision(precision)
         self._network = self._prepare(self.precision)
+
+    @classmethod
+    def from_weights(
+        cls, loaded: LoadedWeights, device: str = "auto", precision: str = "auto"
+    ) -> SuperResolver:
+        """A resolver configured as the weight file says (scale, colour match)."""
+        return cls(loaded.model, loaded.scale, device, precision, color_match=loaded.color_match)
 
     # -- precision ---------------------------------------------------------------------
     def _check_supported(self, precision: str) -> None:
@@ -267,15 +277,20 @@ class SuperResolver:
         x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None] * 2 - 1
         up = self.upsample(x)
         sr, padded = self.restore(up, pad_multiple)
-        if stats is None:
-            stats = image_stats(sr, padded)
-        out = stats.apply(sr.to(self.device)) / 2 + 0.5
-        return out.clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+        if self.color_match:
+            sr = (stats or image_stats(sr, padded)).apply(sr)
+        return (sr / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
 
     @torch.inference_mode()
-    def super_resolve_batch(self, lr: np.ndarray, stats: ColorStats) -> np.ndarray:
-        """Equal-sized tiles BxHxWxC in [0, 1] with shared statistics -> Bx(sH)x(sW)xC."""
+    def super_resolve_batch(self, lr: np.ndarray, stats: ColorStats | None) -> np.ndarray:
+        """Equal-sized tiles BxHxWxC in [0, 1] with shared statistics -> Bx(sH)x(sW)xC.
+
+        ``stats`` is required when this resolver colour-matches (tiles must share them).
+        """
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(lr, np.float32).transpose(0, 3, 1, 2))) * 2 - 1
         sr, _ = self.restore(self.upsample(x))
-        out = stats.apply(sr) / 2 + 0.5
-        return out.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        if self.color_match:
+            if stats is None:
+                raise InferenceError("tiles need shared colour statistics; pass stats")
+            sr = stats.apply(sr)
+        return (sr / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()

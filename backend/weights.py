@@ -42,6 +42,16 @@ class LoadedWeights:
     source: str = ""
 
     @property
+    def color_match(self) -> bool:
+        """Whether outputs get the release's per-channel colour match to the bicubic input.
+
+        The release's students need it (their raw output drifts in colour); a model trained
+        to output the image directly records ``color_match: false``, since matching its std
+        to the blurrier bicubic input would flatten the detail it restores.
+        """
+        return str(self.metadata.get("color_match", "true")).lower() not in ("false", "0", "no")
+
+    @property
     def description(self) -> str:
         name = self.metadata.get("name") or Path(self.source).name
         return f"{name} (x{self.scale})"
@@ -210,6 +220,7 @@ def save_safetensors(
     input_bands: str = "RGB",
     value_range: tuple[float, float] = (0.0, 1.0),
     training: dict[str, Any] | None = None,
+    color_match: bool = True,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write weights plus the metadata that makes the file self-describing."""
@@ -228,6 +239,7 @@ def save_safetensors(
         "input_bands": input_bands,
         "value_range": json.dumps(list(value_range)),
         "training": json.dumps(training or {}),
+        "color_match": "true" if color_match else "false",
     }
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)

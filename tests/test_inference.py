@@ -162,3 +162,24 @@ def test_auto_precision_and_device_errors(tiny_model) -> None:
             SuperResolver(tiny_model, 4, "cuda", "auto")
     with pytest.raises(InferenceError, match="HxWx3"):
         SuperResolver(tiny_model, 4, "cpu", "fp32").super_resolve(np.zeros((8, 8)))
+
+
+def test_colour_match_follows_the_weight_file(tmp_path, tiny_model) -> None:
+    """A model trained to output the image itself records color_match=false."""
+    from backend.weights import load_weights, save_safetensors
+
+    lr = _image(16, 16)
+    path = save_safetensors(tiny_model, tmp_path / "direct.safetensors", 4, color_match=False)
+    direct = SuperResolver.from_weights(load_weights(path), "cpu", "fp32")
+    assert not direct.color_match
+    x = torch.from_numpy(lr.transpose(2, 0, 1).copy())[None] * 2 - 1
+    sr, _ = direct.restore(direct.upsample(x), 256)
+    expected = (sr / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert np.abs(direct.super_resolve(lr) - expected).max() < 1e-6
+    matched = SuperResolver.from_weights(
+        load_weights(save_safetensors(tiny_model, tmp_path / "m.safetensors", 4)), "cpu", "fp32"
+    )
+    assert matched.color_match
+    assert not np.allclose(matched.super_resolve(lr), expected, atol=1e-3)
+    with pytest.raises(InferenceError, match="shared colour statistics"):
+        matched.super_resolve_batch(lr[None], None)
