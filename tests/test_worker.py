@@ -218,10 +218,13 @@ def test_crash_is_reported_with_its_last_words(tmp_path: Path) -> None:
 
 
 def test_an_environment_that_cannot_start_the_worker_says_how_to_fix_it(tmp_path: Path) -> None:
-    root = tmp_path / "empty_plugin"
-    root.mkdir()
-    with pytest.raises(WorkerError, match=r"could not start the worker .*make install"):
-        run_request({"type": "probe"}, RecordingFeedback(), python=Path(sys.executable), root=root)
+    # A python that is not the backend's (it may even be Python 2 or another version):
+    # it cannot run the worker module at all, so no hello ever arrives.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named backend.worker' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(WorkerError, match=r"could not start the worker \(exit code 1: No module .*make inst"):
+        run_request({"type": "probe"}, RecordingFeedback(), python=fake, root=tmp_path)
 
 
 def test_missing_environment_names_make_install(tmp_path: Path, monkeypatch) -> None:
