@@ -557,3 +557,29 @@ def test_processing_setting_overrides_the_environment(rasters, tmp_path) -> None
     assert "set by the Processing setting 'Backend Python' does not exist: /opt/elsewhere/bin/python" in (
         proc.stdout + proc.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "bands"),
+    [
+        ("solaris/sample_geotiff_custom_proj.tif", 3),  # int16, custom Albers WKT, no EPSG code
+        ("geoapi/UTM2GTIF.tiff", 1),  # classic 1-band uint8 GeoTIFF
+    ],
+)
+def test_real_rasters_keep_their_georeferencing(
+    qgis: Qgis, fixtures_dir, tiny_x4, tmp_path, fixture, bands
+) -> None:
+    """Real files from the project's shared data, cut to a small window to stay fast."""
+    from rasterio.windows import Window
+
+    with rasterio.open(fixtures_dir / fixture) as src:
+        window = Window(src.width // 2, src.height // 2, 40, 36)
+        src_path = write_raster(
+            tmp_path / "crop.tif", src.read(window=window), src.crs, src.window_transform(window), src.nodata
+        )
+    out = tmp_path / "sr.tif"
+    proc, result = qgis.run(
+        "slimdiffsr:upscale", {"INPUT": src_path, "WEIGHTS": tiny_x4, "PRECISION": 1, "OUTPUT": out}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_upscaled(src_path, out, 4, bands)
