@@ -287,10 +287,10 @@ def run_request(
             session.proc.wait()
         session.close()
 
+    if outcome is not None and outcome.get("type") == "result":
+        return dict(outcome.get("result") or {})  # finished before the cancel arrived: complete
     if cancel_sent_at is not None or (outcome or {}).get("type") == "cancelled":
         raise WorkerCancelledError("cancelled by the user; no output was written")
-    if outcome is not None and outcome.get("type") == "result":
-        return dict(outcome.get("result") or {})
     if outcome is not None and outcome.get("type") == "error":
         raise WorkerError(str(outcome.get("message") or "the worker reported an error without a message"))
     if not said_hello:

@@ -277,3 +277,18 @@ def test_end_of_stdin_cancels_the_real_worker() -> None:
     __import__("os").close(writer)
     thread.join(timeout=5)
     assert token()
+
+
+def test_a_result_that_beats_the_cancel_is_kept(tmp_path: Path) -> None:
+    """Cancelling after the worker finished must not report a complete output as cancelled."""
+    root = fake_plugin(
+        tmp_path,
+        """
+        sys.stdin.readline()
+        send(type="progress", fraction=1.0)
+        send(type="result", result={"done": True})
+        time.sleep(0.5)
+    """,
+    )
+    feedback = RecordingFeedback(cancel_after_progress=1)
+    assert run_request({"type": "x"}, feedback, python=Path(sys.executable), root=root) == {"done": True}

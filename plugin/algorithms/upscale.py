@@ -20,6 +20,19 @@ from .base import SlimDiffSRAlgorithm, tr
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
 
 
+def remove_partial(output: Path) -> None:
+    """Remove the engine's temporary files beside ``output`` (``.<stem>.<token>.part*``).
+
+    The engine cleans up after itself; this covers a worker that was killed (cancel
+    escalated to SIGKILL, out of memory) before it could.
+    """
+    for leftover in output.parent.glob(f".{output.stem}.*.part*"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
+
+
 class UpscaleAlgorithm(SlimDiffSRAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
@@ -158,7 +171,11 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
                f"{layer.crs().authid() or layer.crs().description()})")
         )
         request = {"type": "upscale", "input": source, "output": output, "options": options}
-        report = self.run_worker(request, feedback)
+        try:
+            report = self.run_worker(request, feedback)
+        except QgsProcessingException:
+            remove_partial(Path(output))
+            raise
         self.log_report(report, feedback)
         return {self.OUTPUT: output}
 
