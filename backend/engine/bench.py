@@ -1,0 +1,232 @@
+"""Engine measurements: ``python -m backend.engine.bench`` (``make bench-engine``).
+
+* throughput: end-to-end Mpx/s of ``upscale_raster`` on a 2048x2048 input against the
+  model alone on the same tiles (same batches, same device), and their ratio;
+* memory: peak RSS of a whole run, each in a fresh subprocess, for two raster sizes;
+* ``--margin``: how far into a tile its output differs from the untiled output (the
+  receptive margin that sets the default overlap);
+* ``--seams``: the seam statistic of tiled against single-tile output.
+
+Models are random-weight members of the student family (backend.engine.compact): the
+engine's costs do not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+
+from backend.engine.compact import CONFIGS, write_random_weights
+from backend.engine.options import UpscaleOptions
+from backend.engine.plan import TilePlan, make_plan
+from backend.engine.run import default_overlap, default_tile, upscale_raster
+from backend.inference import SuperResolver
+from backend.weights import load_weights
+
+
+# -- synthetic inputs ----------------------------------------------------------------------
+def synthetic_raster(path: Path, size: int, valid_rows: int | None = None, seed: int = 0) -> Path:
+    """A georeferenced 3-band uint8 GeoTIFF with image-like content, written block by block.
+
+    ``valid_rows``: only the first rows hold data, the rest is nodata (0); this keeps a
+    huge raster cheap to process while its full width still goes through the blender.
+    """
+    rng = np.random.default_rng(seed)
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
+        "transform": Affine(10.0, 0, 500000.0, 0, -10.0, 5000000.0), "tiled": True, "blockxsize": 256,
+        "blockysize": 256, "compress": "deflate", "nodata": 0 if valid_rows is not None else None,
+    }
+    base = rng.integers(1, 255, size=(3, 64, 64)).astype(np.float32)
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, 256):
+            h = min(256, size - y)
+            yy = (np.arange(y, y + h)[:, None] / 7.3) % 64
+            xx = (np.arange(size)[None, :] / 5.1) % 64
+            tile = base[:, yy.astype(int), xx.astype(int)]
+            tile = np.clip(tile + rng.normal(0, 8, tile.shape), 1, 255).astype(np.uint8)
+            if valid_rows is not None and y + h > valid_rows:
+                tile[:, max(0, valid_rows - y) :, :] = 0
+            dst.write(tile, window=rasterio.windows.Window(0, y, size, h))
+    return path
+
+
+# -- model-only timing -----------------------------------------------------------------------
+def model_only_seconds(resolver: SuperResolver, plan: TilePlan, batch_size: int) -> float:
+    """Time of the network alone on the plan's tiles (bicubic + network, same batches)."""
+    n = len(plan)
+    h, w = plan.rows.tile, plan.cols.tile
+    x = torch.rand(batch_size, 3, h, w) * 2 - 1
+    resolver.restore(resolver.upsample(x[:1]))  # warm-up (allocators, cudnn autotuning)
+    t0 = time.perf_counter()
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        sr, _ = resolver.restore(resolver.upsample(x[:b]))
+        sr.cpu()
+    if resolver.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def throughput(config: str, size: int, scale: int, device: str, precision: str, batch: int,
+               folder: Path) -> dict[str, float]:
+    weights = write_random_weights(folder / f"{config}_x{scale}.safetensors", CONFIGS[config], scale)
+    src = synthetic_raster(folder / f"in_{size}.tif", size)
+    loaded = load_weights(weights)
+    resolver = SuperResolver(loaded.model, scale, device, precision)
+    plan = make_plan(size, size, scale, default_tile(scale), default_overlap(scale), resolver.multiple)
+    out_px = (size * scale) ** 2
+    t_model = model_only_seconds(resolver, plan, batch)
+    t0 = time.perf_counter()
+    upscale_raster(src, folder / "out.tif", resolver, UpscaleOptions(batch_size=batch))
+    t_e2e = time.perf_counter() - t0
+    os.unlink(folder / "out.tif")
+    return {
+        "config": config, "device": resolver.description, "input": f"{size}x{size}", "tiles": len(plan),
+        "model_s": t_model, "e2e_s": t_e2e, "model_mpx_s": out_px / t_model / 1e6,
+        "e2e_mpx_s": out_px / t_e2e / 1e6, "ratio": t_e2e / t_model,
+    }
+
+
+# -- peak RSS ------------------------------------------------------------------------------
+def rss_child(size: int, config: str, valid_rows: int | None, folder: Path) -> dict[str, float]:
+    """Run once in this (fresh) process and report its peak RSS."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    weights = write_random_weights(folder / "w.safetensors", CONFIGS[config], 4)
+    src = synthetic_raster(folder / f"in_{size}.tif", size, valid_rows)
+    t0 = time.perf_counter()
+    report = upscale_raster(src, folder / "out.tif", weights, UpscaleOptions(device="cpu", precision="fp32"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"size": size, "peak_rss_mb": peak_mb, "seconds": time.perf_counter() - t0,
+            "tiles": report.tiles, "skipped": report.tiles_skipped}
+
+
+def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> dict[str, float]:
+    """Peak RSS of a whole run in a fresh subprocess (so earlier allocations do not count)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "backend.engine.bench", "--rss-child", str(size), "--config", config,
+               "--folder", tmp]
+        if valid_rows is not None:
+            cmd += ["--valid-rows", str(valid_rows)]
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- receptive margin and seams --------------------------------------------------------------
+def _lr_image(size: int) -> np.ndarray:
+    """A real-looking image: the fixture orthophoto if the shared data is there, else synthetic."""
+    shared = Path(os.environ.get("SLIMDIFFSR_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    path = shared / "data/fixtures/rasterio/RGB.byte.tif"
+    if path.exists():
+        with rasterio.open(path) as src:
+            a = src.read([1, 2, 3], window=((250, 250 + size), (250, 250 + size)))
+        return a.astype(np.float32) / 255
+    with tempfile.TemporaryDirectory() as tmp:
+        with rasterio.open(synthetic_raster(Path(tmp) / "s.tif", size)) as src:
+            return src.read().astype(np.float32) / 255
+
+
+def receptive_margin(config: str, scale: int = 4, size: int = 192, tile: int = 128) -> dict[str, object]:
+    """|tile output - untiled output| against the distance (output px) from the tile's edge."""
+    torch.manual_seed(0)
+    from backend.model import SlimDiffSRStudent
+
+    resolver = SuperResolver(SlimDiffSRStudent(CONFIGS[config]), scale, "cpu", "fp32")
+    lr = torch.from_numpy(_lr_image(size))[None] * 2 - 1
+    full, _ = resolver.restore(resolver.upsample(lr))
+    o = (size - tile) // 2
+    part, _ = resolver.restore(resolver.upsample(lr[..., o : o + tile, o : o + tile]))
+    ref = full[..., o * scale : (o + tile) * scale, o * scale : (o + tile) * scale]
+    diff = (part - ref).abs().mean(dim=1)[0].numpy()
+    n = tile * scale
+    yy, xx = np.mgrid[:n, :n]
+    dist = np.minimum(np.minimum(yy, xx), np.minimum(n - 1 - yy, n - 1 - xx))
+    profile = [float(diff[dist == d].mean()) for d in range(n // 2)]
+    floor = float(np.median(profile[n // 4 :]))
+    margin = next((d for d, v in enumerate(profile) if all(p <= 1.5 * floor for p in profile[d:])), n // 2)
+    return {"config": config, "scale": scale, "floor": floor, "margin_out_px": margin,
+            "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)},
+            "output_range": float(full.max() - full.min())}
+
+
+def seam_lines(plan: TilePlan) -> tuple[list[int], list[int]]:
+    """Output rows and columns where neighbouring tiles meet (centres of the blend ramps)."""
+    s = plan.scale
+    ys = [s * (b + plan.rows.tile + a) // 2 for a, b in itertools.pairwise(plan.rows.starts)]
+    xs = [s * (b + plan.cols.tile + a) // 2 for a, b in itertools.pairwise(plan.cols.starts)]
+    return ys, xs
+
+
+def seam_ratio(tiled: np.ndarray, reference: np.ndarray, plan: TilePlan) -> float:
+    """Mean |step| across the plan's seam lines in ``tiled`` / the same in ``reference``.
+
+    ``reference`` is the single-tile output of the same image, so the image's own edges
+    cancel out: 1.0 means the tiling added no step at all where tiles meet. Arrays are
+    [bands, H, W].
+    """
+    ys, xs = seam_lines(plan)
+    if not ys and not xs:
+        return 1.0
+
+    def steps(img: np.ndarray) -> float:
+        img = img.astype(np.float64)
+        at = [np.abs(img[:, y, :] - img[:, y - 1, :]).mean() for y in ys]
+        at += [np.abs(img[:, :, x] - img[:, :, x - 1]).mean() for x in xs]
+        return float(np.mean(at))
+
+    return steps(tiled) / max(steps(reference), 1e-12)
+
+
+# -- the report --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="compact model config: nano, tiny or paper")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--rss-sizes", default="1000,4000")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--margin", action="store_true")
+    p.add_argument("--rss-child", type=int)
+    p.add_argument("--valid-rows", type=int)
+    p.add_argument("--folder")
+    args = p.parse_args(argv)
+    if args.rss_child:
+        result = rss_child(args.rss_child, args.config or "nano", args.valid_rows, Path(args.folder))
+        print(json.dumps(result))
+        return 0
+    if args.margin:
+        for cfg in (args.config or "tiny,paper").split(","):
+            print(json.dumps(receptive_margin(cfg)))
+        return 0
+    configs = (args.config or "nano").split(",")
+    print(f"{'config':8} {'device':24} {'input':>10} {'tiles':>6} {'model Mpx/s':>12} {'e2e Mpx/s':>10} "
+          f"{'e2e/model':>9}")
+    for cfg in configs:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = throughput(cfg, args.size, 4, args.device, args.precision, args.batch_size, Path(tmp))
+        print(f"{r['config']:8} {r['device']:24} {r['input']:>10} {r['tiles']:>6} {r['model_mpx_s']:>12.3f} "
+              f"{r['e2e_mpx_s']:>10.3f} {r['ratio']:>9.2f}", flush=True)
+    print(f"\n{'input':>10} {'peak RSS MB':>12} {'seconds':>8}  (x4, nano model, CPU)")
+    for size in (int(s) for s in args.rss_sizes.split(",")):
+        r = peak_rss(size)
+        print(f"{size:>5}x{size:<4} {r['peak_rss_mb']:>12.0f} {r['seconds']:>8.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
