@@ -160,38 +160,36 @@ def _sample_window(src, bounds: list[float] | None, size: int, scale: int):
     return Window(col, row, width, height)
 
 
-def _choose_bands(count: int, bands: list[int] | None) -> list[int]:
-    if bands:
-        bad = [b for b in bands if not 1 <= b <= count]
-        if bad:
-            raise QualityError(f"band(s) {bad} do not exist; the layer has bands 1 to {count}")
-        if len(bands) not in (1, 3):
-            raise QualityError(f"choose 1 or 3 bands (got {len(bands)}), e.g. '4,3,2' for true colour")
-        return list(bands)
-    if count >= 3:
-        return [1, 2, 3]
-    if count == 1:
-        return [1]
-    raise QualityError("the layer has 2 bands; choose 1 band (e.g. '1') or 3 bands for the check")
+def _choose_bands(count: int, colorinterp: tuple, bands: list[int] | None) -> list[int]:
+    """The engine's band choice (so the check matches the upscale run), limited to 1 or 3 bands."""
+    from backend.engine.options import EngineError
+    from backend.engine.radiometry import select_bands
+
+    try:
+        chosen = list(select_bands(count, colorinterp, tuple(bands) if bands else None, False)[0])
+    except EngineError as exc:
+        raise QualityError(str(exc)) from None
+    if len(chosen) not in (1, 3):
+        raise QualityError(
+            f"the quality check uses 1 or 3 bands (got {len(chosen)}): choose them, e.g. '4,3,2' or '1'"
+        )
+    return chosen
 
 
 def _stretch(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
-    """Bands x H x W -> H x W x bands in [0, 1]: 8-bit as is, others by 0.5-99.5 % per band.
+    """Bands x H x W -> H x W x bands in [0, 1] with the engine's value range for the group.
 
-    The same mapping is applied to the reference and to every restoration, so the
-    comparison does not depend on it; it only has to use the [0, 1] range sensibly.
+    The same mapping is applied to the reference and to every restoration, so the scores do
+    not depend on it; using the engine's keeps the sample's look identical to an upscale run.
     """
-    out = np.empty(data.shape, np.float32)
-    for i, band in enumerate(data.astype(np.float64)):
-        if dtype == "uint8":
-            lo, hi = 0.0, 255.0
-        else:
-            values = band[valid] if valid.any() else band.ravel()
-            lo, hi = np.percentile(values, [0.5, 99.5])
-            hi = hi if hi > lo else lo + 1.0
-        out[i] = np.clip((band - lo) / (hi - lo), 0, 1)
-        if valid.any() and not valid.all():
-            out[i][~valid] = float(out[i][valid].mean())
+    from backend.engine.radiometry import value_range
+
+    values = data[:, valid] if valid.any() else data.reshape(data.shape[0], -1)
+    lo, hi = value_range(dtype, values.ravel().astype(np.float64))
+    out = np.clip((data.astype(np.float32) - lo) / (hi - lo), 0, 1)
+    if valid.any() and not valid.all():
+        for band in out:
+            band[~valid] = float(band[valid].mean())
     return out.transpose(1, 2, 0)
 
 
@@ -205,7 +203,7 @@ def read_sample(
     except rasterio.errors.RasterioIOError as exc:
         raise QualityError(f"cannot open {path}: {str(exc).splitlines()[0][:160]}") from None
     with src:
-        bands = _choose_bands(src.count, options.bands)
+        bands = _choose_bands(src.count, tuple(src.colorinterp), options.bands)
         window = _sample_window(src, options.bounds, int(options.sample_size), scale)
         data = src.read(bands, window=window)
         mask = src.read_masks(bands, window=window)

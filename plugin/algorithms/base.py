@@ -53,8 +53,10 @@ def parse_bands(text: str) -> list[int] | None:
         bands = [int(part) for part in text.replace(";", ",").replace(" ", ",").split(",") if part]
     except ValueError:
         raise ValueError(f"bands '{text}' are not a list of band numbers; write e.g. 4,3,2") from None
-    if len(bands) not in (1, 3):
-        raise ValueError(f"give 1 or 3 bands (got {len(bands)}): e.g. 4,3,2 for true colour from Landsat 8")
+    if not bands:
+        raise ValueError("the band list is empty; write e.g. 4,3,2 or leave it empty for the default")
+    if len(set(bands)) != len(bands):
+        raise ValueError(f"bands '{text}' repeat a band; list each band once, e.g. 4,3,2")
     return bands
 
 
@@ -139,8 +141,6 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
             count = layer.bandCount()
             if bands and any(not 1 <= b <= count for b in bands):
                 return False, tr(f"band(s) {bands} do not all exist; '{layer.name()}' has bands 1 to {count}")
-            if not bands and count == 2:
-                return False, tr(f"'{layer.name()}' has 2 bands: choose 1 band (e.g. 1) or 3 bands")
         return True, ""
 
     def model_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
