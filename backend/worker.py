@@ -194,6 +194,19 @@ def _engine_options(request: dict[str, Any]) -> Any:
     return UpscaleOptions(**wanted)
 
 
+def load_model(weights: str | None, scale: int | None, device: str, precision: str, channel: Channel) -> Any:
+    """Weights -> SuperResolver, logging the device and precision before the long part starts."""
+    from backend.inference import SuperResolver
+    from backend.weights import default_weights_path, load_weights
+
+    channel.send("progress", fraction=0.0, message="loading the model")
+    loaded = load_weights(weights or default_weights_path(scale or 4), scale=scale)
+    resolver = SuperResolver(loaded.model, loaded.scale, device, precision)
+    channel.log(f"device: {resolver.description}")
+    channel.log(f"model: {loaded.description}")
+    return resolver, loaded.description
+
+
 def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToken) -> dict[str, Any]:
     from backend.engine import upscale_raster
 
@@ -201,17 +214,24 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         if not request.get(key):
             raise RequestError(f"the upscale request has no '{key}'")
     options = _engine_options(request)
+    resolver, model_name = load_model(
+        options.weights, options.scale, options.device, options.precision, channel
+    )
+    if cancel():
+        raise CancelledError
 
     def on_progress(update: Any) -> None:
         channel.send("progress", **progress_fields(update))
 
     report = upscale_raster(
-        request["input"], request["output"], None, options, progress=on_progress, cancel=cancel
+        request["input"], request["output"], resolver, options, progress=on_progress, cancel=cancel
     )
     if cancel():  # cancelled after the last check: the user asked for no output, honour it
         Path(request["output"]).unlink(missing_ok=True)
         raise CancelledError
-    return jsonable(report)
+    result = jsonable(report)
+    result["model"] = model_name
+    return result
 
 
 def handle_assess(request: dict[str, Any], channel: Channel, cancel: CancelToken) -> dict[str, Any]:

@@ -181,11 +181,7 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
 
     @staticmethod
     def log_report(report: dict[str, Any], feedback: QgsProcessingFeedback) -> None:
-        """The engine's summary: device and precision used, sizes, tiles, time."""
-        if report.get("device"):
-            feedback.pushInfo(tr(f"device: {report['device']}"))
-        if report.get("model"):
-            feedback.pushInfo(tr(f"model: {report['model']}"))
+        """The engine's summary (the worker already logged the device, precision and model)."""
         size = report.get("output_size")
         if isinstance(size, list) and len(size) == 2:
             feedback.pushInfo(tr(f"output: {size[0]}x{size[1]} pixels (x{report.get('scale')})"))
