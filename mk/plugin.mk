@@ -43,7 +43,7 @@ package:
 	@rm -rf build/package && mkdir -p build/package/$(PLUGIN_NAME)
 	@{ git ls-files --cached --others --exclude-standard; ls resources/weights/*.safetensors 2>/dev/null; } \
 	  | sort -u \
-	  | grep -v -E '^(tests/|\.ci/|\.github/|docs/|tools/(demo|screenshot|train)|mk/train|backend/bench|requirements-train|\.gitignore$$|\.pre-commit|pyproject\.toml$$)' \
+	  | grep -v -E '^(tests/|\.ci/|\.github/|docs/|tools/(demo|screenshot|train|gpu_)|mk/train|backend/bench|requirements-train|\.gitignore$$|\.pre-commit)' \
 	  | while read -r f; do [ -f "$$f" ] && install -D -m 644 "$$f" "build/package/$(PLUGIN_NAME)/$$f"; done; true
 	@chmod 755 build/package/$(PLUGIN_NAME)/tools/*.sh 2>/dev/null || true
 	@rm -f $(PACKAGE_ZIP) && cd build/package && $(SYSTEM_PYTHON) -m zipfile -c ../$(notdir $(PACKAGE_ZIP)) $(PLUGIN_NAME)
