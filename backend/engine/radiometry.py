@@ -87,11 +87,15 @@ class Radiometry:
         Invalid pixels get the nodata value (0 when there is none); valid pixels whose value
         would equal the nodata value are nudged by one step so they stay valid.
         """
-        out = np.empty(values.shape, dtype=np.float64)
-        for g in self.groups:
-            for slot in g.slots:
-                out[slot] = g.lo + values[slot].astype(np.float64) * (g.hi - g.lo)
         dt = np.dtype(self.dtype)
+        # float32 holds every 8- and 16-bit value exactly; wider types need float64
+        work = np.float32 if dt.itemsize <= 2 else np.float64
+        out = np.empty(values.shape, dtype=work)
+        if not valid.any():
+            out.fill(0)
+        for g in self.groups if valid.any() else ():
+            for slot in g.slots:
+                out[slot] = work(g.lo) + values[slot].astype(work) * work(g.hi - g.lo)
         if dt.kind in "iu":
             info = np.iinfo(dt)
             np.rint(out, out=out)

@@ -18,6 +18,7 @@ from rasterio.windows import Window as RioWindow
 from backend.engine.options import EngineError
 from backend.engine.plan import Window
 from backend.engine.radiometry import (
+    STATS_MAX_PIXELS,
     SUPPORTED_DTYPES,
     BandGroup,
     Radiometry,
@@ -28,6 +29,8 @@ from backend.engine.radiometry import (
     value_range,
 )
 
+STRIP_PIXELS = 4_000_000
+"""Pixels per strip when scanning the raster for statistics."""
 MIN_INPUT_SIZE = 8
 """Smallest width/height accepted: smaller rasters carry too little context for the model."""
 
@@ -179,11 +182,32 @@ class TileReader:
             return TileInput(window, None, valid)
         return TileInput(window, self.radiometry.to_model(data, valid), valid)
 
-    def global_radiometry(self) -> Radiometry:
-        """Value ranges from a decimated read of the whole raster (overviews when present)."""
+    def sample(self, max_pixels: int = STATS_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """A regular sample of about ``max_pixels`` pixels of the whole raster: (data, valid).
+
+        With overviews GDAL's decimated read is cheap; without them it is very slow (it
+        decodes blocks over and over), so the raster is then scanned once in strips of rows
+        and every f-th pixel kept; memory stays bounded by the strip.
+        """
         info = self.info
-        shape = decimated_shape(info.height, info.width)
-        data, valid = self.read_window(0, 0, info.height, info.width, out_shape=shape)
+        shape = decimated_shape(info.height, info.width, max_pixels)
+        if shape == (info.height, info.width):
+            return self.read_window(0, 0, info.height, info.width)
+        if self.src.overviews(info.bands[0]):
+            return self.read_window(0, 0, info.height, info.width, out_shape=shape)
+        f = int(np.ceil(max(info.height / shape[0], info.width / shape[1])))
+        rows = max(f, (STRIP_PIXELS // max(info.width, 1)) // f * f)
+        parts, masks = [], []
+        for r0 in range(0, info.height, rows):
+            data, valid = self.read_window(r0, 0, min(rows, info.height - r0), info.width)
+            parts.append(data[:, ::f, ::f])
+            masks.append(valid[::f, ::f])
+        return np.concatenate(parts, axis=1), np.concatenate(masks, axis=0)
+
+    def global_radiometry(self) -> Radiometry:
+        """Value ranges from a regular sample of the whole raster (nodata excluded)."""
+        info = self.info
+        data, valid = self.sample()
         groups = []
         for bands, slots in group_bands(info.bands):
             samples = data[list(slots)][:, valid].astype(np.float64).ravel()
