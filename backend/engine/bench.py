@@ -191,6 +191,36 @@ def seam_ratio(tiled: np.ndarray, reference: np.ndarray, plan: TilePlan) -> floa
     return steps(tiled) / max(steps(reference), 1e-12)
 
 
+def seam_table(config: str, size: int = 192, tile: int = 64, overlaps: tuple[int, ...] = (0, 4, 8, 16, 32)
+               ) -> list[dict[str, float]]:
+    """Tiled against single-tile output of a real image crop, for several overlaps (x4)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        weights = write_random_weights(folder / "w.safetensors", CONFIGS[config], 4)
+        loaded = load_weights(weights)
+        resolver = SuperResolver(loaded.model, 4, "cpu", "fp32")
+        lr = np.rint(_lr_image(size) * 255).astype(np.uint8)
+        src = folder / "in.tif"
+        with rasterio.open(src, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                           crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
+            dst.write(lr)
+
+        def run(name: str, opts: UpscaleOptions) -> np.ndarray:
+            upscale_raster(src, folder / name, resolver, opts)
+            with rasterio.open(folder / name) as ds:
+                return ds.read().astype(np.float64)
+
+        one = run("one.tif", UpscaleOptions(tile_size=size))
+        for ov in overlaps:
+            many = run(f"t{ov}.tif", UpscaleOptions(tile_size=tile, overlap=ov))
+            plan = make_plan(size, size, 4, tile, ov, resolver.multiple)
+            mad = float(np.abs(many - one).mean())
+            rows.append({"config": config, "tile": tile, "overlap": ov, "mad": mad,
+                         "seam_ratio": seam_ratio(many, one, plan)})
+    return rows
+
+
 # -- the report --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -201,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--margin", action="store_true")
+    p.add_argument("--seams", action="store_true")
     p.add_argument("--rss-child", type=int)
     p.add_argument("--valid-rows", type=int)
     p.add_argument("--folder")
@@ -208,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child:
         result = rss_child(args.rss_child, args.config or "nano", args.valid_rows, Path(args.folder))
         print(json.dumps(result))
+        return 0
+    if args.seams:
+        for cfg in (args.config or "tiny").split(","):
+            for row in seam_table(cfg):
+                print(json.dumps(row), flush=True)
         return 0
     if args.margin:
         for cfg in (args.config or "tiny,paper").split(","):

@@ -37,8 +37,8 @@ class UpscaleOptions:
     """What to compute and how. Every field has a usable default.
 
     Sizes (``tile_size``, ``overlap``) are in *input* (low-resolution) pixels. ``None``
-    means "the measured default" (see docs/engine.md): tiles of 512 output pixels
-    (128 input pixels at x4, 64 at x8) and an overlap of 64 output pixels.
+    means "the measured default" (see docs/engine.md): tiles of 768 output pixels
+    (192 input pixels at x4, 96 at x8) and an overlap of 128 output pixels (32 at x4).
     """
 
     weights: str | Path | None = None
