@@ -327,7 +327,7 @@ def assess(
     weights_path = options.weights or str(default_weights_path(options.scale or 4))
     loaded = load_weights(weights_path, scale=options.scale)
     scale = loaded.scale
-    resolver = SuperResolver(loaded.model, scale, options.device, options.precision)
+    resolver = SuperResolver.from_weights(loaded, options.device, options.precision)
     say(f"device: {resolver.description}")
     say(f"model: {loaded.description}")
     report_progress(0.2, "reading the sample")

@@ -201,7 +201,7 @@ def load_model(weights: str | None, scale: int | None, device: str, precision: s
 
     channel.send("progress", fraction=0.0, message="loading the model")
     loaded = load_weights(weights or default_weights_path(scale or 4), scale=scale)
-    resolver = SuperResolver(loaded.model, loaded.scale, device, precision)
+    resolver = SuperResolver.from_weights(loaded, device, precision)
     channel.log(f"device: {resolver.description}")
     channel.log(f"model: {loaded.description}")
     return resolver, loaded.description
