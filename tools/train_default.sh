@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}
 SHARED=${SHARED:-../shared}
 RUN=${RUN:-build/default_x${SCALE}}
-STEPS=${STEPS:-2500}
+STEPS=${STEPS:-6000}
 MAX_MINUTES=${MAX_MINUTES:-110}
 mkdir -p "$RUN"
 init="$RUN/init_x${SCALE}.safetensors"
