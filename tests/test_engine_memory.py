@@ -15,5 +15,6 @@ def test_peak_rss_does_not_grow_with_raster_size() -> None:
     """
     small = peak_rss(1000, "nano", valid_rows=150)
     large = peak_rss(4000, "nano", valid_rows=150)
-    assert large["tiles"] == 1296 and large["skipped"] > 1000
+    assert large["tiles"] > 500 and large["skipped"] > 0.8 * large["tiles"]
+    print(small, large)
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 200, (small, large)

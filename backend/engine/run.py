@@ -8,7 +8,6 @@ are short, so memory stays bounded while the model never waits on disk.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -107,7 +106,7 @@ def upscale_raster(
         bigtiff = size > BIGTIFF_THRESHOLD
         temp = TempOutput(dst_path)
         try:
-            cache, tiles_skipped = _estimate_stats(plan, info, step, options, cancel)
+            cache = _estimate_stats(plan, info, step, options, cancel)
             with rasterio.open(src_path) as src:
                 provenance = {
                     "SLIMDIFFSR_MODEL": model_name,
@@ -162,7 +161,7 @@ def _sample_order(n: int, k: int) -> Iterator[int]:
 
 
 def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: UpscaleOptions,
-                    cancel: CancelFn | None) -> tuple[dict[int, torch.Tensor], int]:
+                    cancel: CancelFn | None) -> dict[int, torch.Tensor]:
     """Run the model on a few valid windows; keep their raw outputs for the main pass."""
     samples, cache = [], {}
     with TileReader(info, step.radiometry) as reader:
@@ -183,7 +182,7 @@ def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: 
     if not samples:
         raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)", "input")
     step.estimate_stats(samples)
-    return cache, 0
+    return cache
 
 
 def _run_samples(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]) -> list[Any]:
@@ -333,5 +332,3 @@ def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.T
     return out
 
 
-def cpu_count() -> int:
-    return os.cpu_count() or 1
