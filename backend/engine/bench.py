@@ -233,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", action="store_true")
     p.add_argument("--seams", action="store_true")
     p.add_argument("--rss-child", type=int)
-    p.add_argument("--valid-rows", type=int)
+    p.add_argument("--valid-rows", type=int, default=400,
+                   help="RSS runs: rows of data across the full width (the rest is nodata); 0: all")
     p.add_argument("--folder")
     args = p.parse_args(argv)
     if args.rss_child:
-        result = rss_child(args.rss_child, args.config or "nano", args.valid_rows, Path(args.folder))
+        result = rss_child(args.rss_child, args.config or "nano", args.valid_rows or None, Path(args.folder))
         print(json.dumps(result))
         return 0
     if args.seams:
@@ -257,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             r = throughput(cfg, args.size, 4, args.device, args.precision, args.batch_size, Path(tmp))
         print(f"{r['config']:8} {r['device']:24} {r['input']:>10} {r['tiles']:>6} {r['model_mpx_s']:>12.3f} "
               f"{r['e2e_mpx_s']:>10.3f} {r['ratio']:>9.2f}", flush=True)
-    print(f"\n{'input':>10} {'peak RSS MB':>12} {'seconds':>8}  (x4, nano model, CPU)")
-    for size in (int(s) for s in args.rss_sizes.split(",")):
-        r = peak_rss(size)
+    rows = f"first {args.valid_rows} rows valid" if args.valid_rows else "all valid"
+    print(f"\n{'input':>10} {'peak RSS MB':>12} {'seconds':>8}  (x4, nano model, CPU, {rows})")
+    for size in (int(s) for s in args.rss_sizes.split(",") if s):
+        r = peak_rss(size, "nano", args.valid_rows or None)
         print(f"{size:>5}x{size:<4} {r['peak_rss_mb']:>12.0f} {r['seconds']:>8.1f}", flush=True)
     return 0
 
