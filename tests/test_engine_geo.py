@@ -113,9 +113,17 @@ def test_rotated_grid_transform(fixtures_dir: Path, nano: dict[int, Path], tmp_p
     with rasterio.open(rotated, "w", driver="GTiff", width=80, height=96, count=3, dtype="uint8",
                        crs=crs, transform=transform) as dst:
         dst.write(data)
+        for i, name in enumerate(("red edge", "green", "blue"), start=1):
+            dst.set_band_description(i, name)
+        dst.units = ("DN", "DN", "DN")
+        dst.update_tags(ACQUISITION="2020-05-18")
+        dst.update_tags(2, WAVELENGTH="560")
     out = tmp_path / "rotated_x4.tif"
     run(rotated, out, nano[4])
     with rasterio.open(out) as dst:
+        assert dst.descriptions == ("red edge", "green", "blue")
+        assert dst.units == ("DN", "DN", "DN")
+        assert dst.tags()["ACQUISITION"] == "2020-05-18" and dst.tags(2)["WAVELENGTH"] == "560"
         expected = transform * Affine.scale(1 / 4)
         assert dst.transform.almost_equals(expected, precision=1e-9)
         # the corner pixel of the output lies where the input's corner lies (rotation kept)
@@ -178,6 +186,27 @@ def test_dtype_round_trip(fixtures_dir: Path, nano: dict[int, Path], tmp_path: P
             lo, hi = report.radiometry[0]["lo"], report.radiometry[0]["hi"]
             assert b[k].min() >= lo - 1e-9 and b[k].max() <= hi + 1e-9  # inverse mapping to the input's units
             assert close_mean(b[k], a[k])
+
+
+def test_float32_with_nan_nodata(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+    with rasterio.open(fixtures_dir / "solaris/sample_geotiff_custom_proj.tif") as src:
+        data, profile = src.read(window=((0, 200), (0, 200))), src.profile
+        transform = src.window_transform(((0, 200), (0, 200)))
+    values = np.where(data == -9999, np.nan, data.astype(np.float32) / 10000)
+    path = tmp_path / "reflectance.tif"
+    profile.update(width=200, height=200, dtype="float32", nodata=float("nan"), transform=transform)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+    run(path, tmp_path / "out.tif", nano[2])
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        out = dst.read()
+        assert dst.dtypes[0] == "float32" and np.isnan(dst.nodata)
+        assert dst.crs.to_wkt() == profile["crs"].to_wkt()
+        invalid = np.isnan(values).all(axis=0)
+        np.testing.assert_array_equal(np.isnan(out).all(axis=0)[::2, ::2], invalid)
+        assert not np.isnan(out[:, ~np.isnan(out).all(axis=0)]).any()
+        for k in range(3):
+            assert close_mean(out[k][~np.isnan(out[k])], values[k][~invalid])
 
 
 def test_six_band_selection_and_all_bands(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
