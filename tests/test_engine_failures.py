@@ -166,6 +166,13 @@ def test_bad_band_lists(tmp_path: Path, nano: Path, bands: str, message: str) ->
         upscale_raster(src, tmp_path / "out.tif", nano, opts)
 
 
+@pytest.mark.parametrize("tile,overlap", [(4, 0), (32, -1), (32, 20)])
+def test_bad_tile_options(tmp_path: Path, nano: Path, tile: int, overlap: int) -> None:
+    src = small_raster(tmp_path / "in.tif")
+    with pytest.raises(EngineError, match="overlap"):
+        upscale_raster(src, tmp_path / "out.tif", nano, UpscaleOptions(tile_size=tile, overlap=overlap))
+
+
 def test_not_enough_disk_space(tmp_path: Path, nano: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = small_raster(tmp_path / "in.tif")
     usage = shutil.disk_usage(tmp_path)

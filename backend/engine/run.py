@@ -89,6 +89,9 @@ def upscale_raster(
         scale = resolver.scale
         tile = options.tile_size or default_tile(scale)
         overlap = options.overlap if options.overlap is not None else default_overlap(scale)
+        if tile < 8 or overlap < 0:
+            raise EngineError(f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
+                              "pixels and an overlap of 0 or more")
         try:
             plan = make_plan(
                 info.width, info.height, scale, tile, overlap, resolver.multiple, options.block_size
