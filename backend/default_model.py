@@ -118,12 +118,38 @@ def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> di
     }
 
 
+def finalize(trained: Path, out: Path) -> Path:
+    """The trained run's weights -> the shipped file (name, no colour match, provenance).
+
+    The compact student learns the image itself (L1 to the HR image), so it ships with
+    ``color_match: false``: matching its output's std to the blurrier bicubic input would
+    flatten the detail it restores.
+    """
+    loaded = load_weights(trained)
+    training = loaded.metadata.get("training") or {}
+    if isinstance(training, dict):
+        training = {**training, "recipe": "make train-default (tools/train_default.sh)"}
+    return save_safetensors(
+        loaded.model,
+        out,
+        loaded.scale,
+        name=f"SlimDiffSR compact default x{loaded.scale}",
+        input_bands="RGB (or one band replicated)",
+        training=training if isinstance(training, dict) else {"summary": str(training)},
+        color_match=False,
+        extra={"model_card": "MODEL_CARD.md", "license": "MIT (weights); training data licences: MANIFEST"},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.default_model")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="write the untrained compact student (output = bicubic)")
     p.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     p.add_argument("--out", required=True)
+    f = sub.add_parser("finalize", help="trained run weights -> resources/weights file")
+    f.add_argument("trained")
+    f.add_argument("out")
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
     e.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     e.add_argument("--weights", help="default: the bundled model for --scale")
@@ -133,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init":
         save_safetensors(initial_student(), args.out, args.scale, name="compact student, untrained")
         print(f"wrote {args.out}")
+        return 0
+    if args.command == "finalize":
+        print(f"wrote {finalize(Path(args.trained), Path(args.out))}")
         return 0
     weights = Path(args.weights) if args.weights else default_weights_path(args.scale)
     report = evaluate(weights, Path(args.shared) / "data" / "eval", args.scale)
