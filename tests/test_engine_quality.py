@@ -45,8 +45,10 @@ def rgb_crop(fixtures_dir: Path, tmp_path: Path, size: int, name: str = "rgb.tif
     return path, data
 
 
+@pytest.mark.parametrize("color_match", [True, False])
 def test_one_tile_equals_the_release_pipeline(fixtures_dir: Path, tmp_path: Path,
-                                              resolver: SuperResolver) -> None:
+                                              resolver: SuperResolver, color_match: bool) -> None:
+    resolver.color_match = color_match  # weights may ship with ``color_match: false``
     src, data = rgb_crop(fixtures_dir, tmp_path, 64)
     report = upscale_raster(src, tmp_path / "out.tif", resolver, UpscaleOptions(tile_size=64, overlap=8))
     assert report.tiles == 1

@@ -45,8 +45,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
                 f"the weights are for x{model.scale} but x{options.scale} was requested; "
                 f"use scale {model.scale}"
             )
-        resolver = SuperResolver(model.model, model.scale, options.device, options.precision)
-        return resolver, model.description
+        return SuperResolver.from_weights(model, options.device, options.precision), model.description
     except (WeightsError, InferenceError) as exc:
         raise EngineError(str(exc)) from None
 
@@ -116,12 +115,20 @@ class ModelStep:
             rm, rs = ref_m[gi].mean_std()
             self.stats.append(ColorStats(sr_mean=sm, sr_std=ss, ref_mean=rm, ref_std=rs))
 
+    @property
+    def color_match(self) -> bool:
+        """Whether the weights want the release's colour match (their metadata can say no)."""
+        return bool(getattr(self.resolver, "color_match", True))
+
     def finish(self, sr: torch.Tensor) -> np.ndarray:
         """Raw SR of one window [G, 3, H, W] -> output bands [n, H, W] in [0, 1] (float32)."""
         n_out = sum(len(g.bands) for g in self.radiometry.groups)
         out = np.empty((n_out, *sr.shape[-2:]), dtype=np.float32)
         for gi, g in enumerate(self.radiometry.groups):
-            img = (self.stats[gi].apply(sr[gi : gi + 1]) / 2 + 0.5).clamp(0, 1)[0]
+            x = sr[gi : gi + 1]
+            if self.color_match:
+                x = self.stats[gi].apply(x)
+            img = (x / 2 + 0.5).clamp(0, 1)[0]
             if len(g.bands) == 1:
                 out[g.slots[0]] = img.mean(dim=0).numpy()
             else:

@@ -165,8 +165,13 @@ def _sample_order(n: int, k: int) -> Iterator[int]:
 
 def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: UpscaleOptions,
                     cancel: CancelFn | None) -> dict[int, torch.Tensor]:
-    """Run the model on a few valid windows; keep their raw outputs for the main pass."""
+    """Run the model on a few valid windows; keep their raw outputs for the main pass.
+
+    Weights that ship without colour match (``color_match: false``) need no statistics.
+    """
     samples, cache = [], {}
+    if not step.color_match:
+        return cache
     with TileReader(info, step.radiometry) as reader:
         batch: list[TileInput] = []
         for idx in _sample_order(len(plan), max(1, options.stat_windows)):
