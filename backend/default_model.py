@@ -1,8 +1,10 @@
 """The bundled default model: its starting point and its model-card evaluation.
 
-``init`` writes the compact student with its last decoder convolution zeroed: with the
-input residual, the untrained network then outputs exactly the bicubic image, so
-training starts from bicubic quality and can only add detail.
+``init`` writes the compact student with its last decoder convolution scaled down 20x:
+with the input residual, the untrained network then outputs the bicubic image plus a
+faint perturbation, so training starts near bicubic quality. (Zeroing it exactly cuts
+every gradient upstream of it; measured here, such a start stays at bicubic for hundreds
+of steps.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def initial_student(seed: int = 0) -> SlimDiffSRStudent:
     model = SlimDiffSRStudent(COMPACT_STUDENT)
     with torch.no_grad():
         last = model.vae.decoder.layers[-1]
-        last.weight.zero_()
+        last.weight.mul_(0.05)
         last.bias.zero_()
     return model
 

@@ -1,6 +1,6 @@
 # The bundled default model (resources/weights, MODEL_CARD.md). Training is resumable:
 # each `make train-default` runs at most MAX_MINUTES (default 110) and continues where the
-# last call stopped; 6000 steps in all (see MODEL_CARD.md for the measured time).
+# last call stopped; 3500 steps in all (see MODEL_CARD.md for the measured time).
 DEFAULT_SCALE ?= 4
 
 .PHONY: train-default evaluate-default

@@ -8,14 +8,14 @@ PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}
 SHARED=${SHARED:-../shared}
 RUN=${RUN:-build/default_x${SCALE}}
-STEPS=${STEPS:-6000}
+STEPS=${STEPS:-3500}
 MAX_MINUTES=${MAX_MINUTES:-110}
 mkdir -p "$RUN"
 init="$RUN/init_x${SCALE}.safetensors"
 [[ -f $init ]] || "$PY" -m backend.default_model init --scale "$SCALE" --out "$init"
 nice -n "${NICE:-0}" "$PY" -m backend.cli train \
   --data "$SHARED/data/train" --student compact --init "$init" --scale "$SCALE" \
-  --crop $((24 * SCALE)) --batch-size 16 --steps "$STEPS" --lr 1e-3 --warmup 100 --schedule cosine \
+  --crop $((24 * SCALE)) --batch-size 16 --steps "$STEPS" --lr 3e-4 --warmup 100 --schedule cosine \
   --precision bf16 --degradation bicubic --seed 2026 --workers 0 \
   --val-every 250 --checkpoint-every 50 --log-every 25 \
   --max-minutes "$MAX_MINUTES" --out "$RUN" --name "slimdiffsr_default_x${SCALE}"
