@@ -34,18 +34,11 @@ def fixtures_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config():
     """A compact member of the student family: same modules, small widths, fast on CPU."""
-    from backend.model import StudentConfig
+    import dataclasses
 
-    return StudentConfig(
-        unet_channels=(32, 64, 64),
-        layers_per_block=1,
-        norm_groups=8,
-        num_queries=8,
-        squeeze_dim=16,
-        vae_channels=16,
-        encoder_blocks=(1, 1, 1, 1),
-        decoder_blocks=(1, 1, 1, 1),
-    )
+    from backend.model.config import TINY_STUDENT
+
+    return dataclasses.replace(TINY_STUDENT, input_residual=False)
 
 
 @pytest.fixture()

@@ -71,6 +71,7 @@ def main() -> int:
 
     from backend.inference import describe_device, resolve_device
     from backend.model import SlimDiffSRStudent, StudentConfig
+    from backend.model.config import TINY_STUDENT
     from backend.training.losses import feature_mmd
 
     device = resolve_device(args.device)
@@ -79,20 +80,7 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    config = (
-        StudentConfig(
-            unet_channels=(32, 64, 64),
-            layers_per_block=1,
-            norm_groups=8,
-            num_queries=8,
-            squeeze_dim=16,
-            vae_channels=16,
-            encoder_blocks=(1, 1, 1, 1),
-            decoder_blocks=(1, 1, 1, 1),
-        )
-        if args.tiny
-        else StudentConfig()
-    )
+    config = TINY_STUDENT if args.tiny else StudentConfig()
     if args.tiny:
         args.crop = min(args.crop, 64)
     student = SlimDiffSRStudent(config).to(device).train()

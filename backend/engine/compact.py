@@ -12,24 +12,12 @@ from pathlib import Path
 import torch
 
 from backend.model import SlimDiffSRStudent, StudentConfig
-from backend.model.config import COMPACT_STUDENT, PAPER_STUDENT
+from backend.model.config import NANO_STUDENT, PRESETS, TINY_STUDENT
 from backend.weights import save_safetensors
 
-TINY = StudentConfig(
-    unet_channels=(32, 64, 64), layers_per_block=1, norm_groups=8, num_queries=8, squeeze_dim=16,
-    vae_channels=16, encoder_blocks=(1, 1, 1, 1), decoder_blocks=(1, 1, 1, 1), input_residual=True,
-)
-"""The tests' tiny student with the input residual: with random weights its output is the
-bicubic input plus a small perturbation, like a trained model's, so the colour match does
-not amplify noise (a random network without the residual outputs a nearly flat image)."""
-
-NANO = StudentConfig(
-    unet_channels=(8, 8, 8), layers_per_block=1, norm_groups=4, num_queries=4, squeeze_dim=8,
-    vae_channels=8, encoder_blocks=(0, 0, 0, 0), decoder_blocks=(0, 0, 0, 0), input_residual=True,
-)
-"""The smallest useful member: no TAESD residual blocks; for I/O-bound measurements."""
-
-CONFIGS = {"tiny": TINY, "nano": NANO, "compact": COMPACT_STUDENT, "paper": PAPER_STUDENT}
+TINY = TINY_STUDENT
+NANO = NANO_STUDENT
+CONFIGS = PRESETS
 """``compact`` is the bundled default model's architecture, ``paper`` the paper's student."""
 
 

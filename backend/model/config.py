@@ -113,4 +113,36 @@ COMPACT_STUDENT = StudentConfig(
     input_residual=True,
 )
 
-PRESETS: dict[str, StudentConfig] = {"paper": PAPER_STUDENT, "compact": COMPACT_STUDENT}
+# Tiny members with random weights, for tests and I/O benchmarks (they say nothing about
+# image quality). With the input residual a random network outputs the bicubic input plus
+# a small perturbation, like a trained model, so the colour match does not magnify noise.
+TINY_STUDENT = StudentConfig(
+    unet_channels=(32, 64, 64),
+    layers_per_block=1,
+    norm_groups=8,
+    num_queries=8,
+    squeeze_dim=16,
+    vae_channels=16,
+    encoder_blocks=(1, 1, 1, 1),
+    decoder_blocks=(1, 1, 1, 1),
+    input_residual=True,
+)
+# The smallest useful member, no tiny-autoencoder blocks: for I/O-bound measurements.
+NANO_STUDENT = StudentConfig(
+    unet_channels=(8, 8, 8),
+    layers_per_block=1,
+    norm_groups=4,
+    num_queries=4,
+    squeeze_dim=8,
+    vae_channels=8,
+    encoder_blocks=(0, 0, 0, 0),
+    decoder_blocks=(0, 0, 0, 0),
+    input_residual=True,
+)
+
+PRESETS: dict[str, StudentConfig] = {
+    "paper": PAPER_STUDENT,
+    "compact": COMPACT_STUDENT,
+    "tiny": TINY_STUDENT,
+    "nano": NANO_STUDENT,
+}
