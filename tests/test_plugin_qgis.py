@@ -398,7 +398,8 @@ def test_cancel_stops_the_worker_and_leaves_no_output(qgis: Qgis, tiny_x4, tmp_p
         started = time.monotonic()
         try:
             processing.run("slimdiffsr:upscale", {{"INPUT": {str(src)!r}, "WEIGHTS": {str(tiny_x4)!r},
-                "PRECISION": 1, "TILE_SIZE": 32, "OVERLAP": 8, "BATCH_SIZE": 1, "OUTPUT": {str(out)!r}}}, feedback=feedback)
+                "PRECISION": 1, "TILE_SIZE": 32, "OVERLAP": 8, "BATCH_SIZE": 1,
+                "OUTPUT": {str(out)!r}}}, feedback=feedback)
             out["error"] = None
         except QgsProcessingException as exc:
             out["error"] = str(exc)
