@@ -129,6 +129,11 @@ def finalize(trained: Path, out: Path) -> Path:
     """
     loaded = load_weights(trained)
     training = loaded.metadata.get("training") or {}
+    if isinstance(training, dict) and training.get("complete") is False:
+        raise SystemExit(
+            f"{trained} is from an unfinished run (step {training.get('steps')} of "
+            f"{training.get('steps_planned')}); run 'make train-default' again to continue"
+        )
     if isinstance(training, dict):
         training = {**training, "recipe": "make train-default (tools/train_default.sh)"}
     return save_safetensors(

@@ -7,9 +7,8 @@ DEFAULT_SCALE ?= 4
 
 train-default: install
 	SCALE=$(DEFAULT_SCALE) SHARED=$(SHARED) PY=$(PY) bash tools/train_default.sh
-	@run=build/default_x$(DEFAULT_SCALE); w=$$run/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors; \
-	if $(PY) -c "import csv,sys; rows=list(csv.DictReader(open('$$run/train_log.csv'))); sys.exit(0 if rows and rows[-1].get('step')==rows[-1].get('step') else 1)"; then \
-	  echo "weights of this run: $$w (copy to resources/weights/ once training has finished)"; fi
+	$(PY) -m backend.default_model finalize build/default_x$(DEFAULT_SCALE)/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors \
+	  resources/weights/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors
 
 # Recompute the model card's quality and speed numbers on ../shared/data/eval.
 evaluate-default: install

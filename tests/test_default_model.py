@@ -1,0 +1,46 @@
+"""The bundled default model: its starting point, its packaging and its measured gain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.default_model import evaluate, finalize, initial_student
+from backend.model import COMPACT_STUDENT
+from backend.weights import default_weights_path, load_weights, save_safetensors
+
+
+def test_untrained_student_starts_near_the_bicubic_input() -> None:
+    model = initial_student().eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out = model(x)[1]
+    assert (out - x).abs().mean() < 0.05 * x.abs().mean()
+    assert not torch.equal(out, x)  # the last layer is scaled, not zeroed: gradients flow
+
+
+def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_path: Path) -> None:
+    model = initial_student()
+    done = save_safetensors(model, tmp_path / "run_x4.safetensors", 4, training={"complete": True})
+    shipped = load_weights(finalize(done, tmp_path / "shipped_x4.safetensors"))
+    assert shipped.color_match is False and shipped.scale == 4
+    assert shipped.metadata["training"]["recipe"].startswith("make train-default")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in shipped.model.state_dict().items())
+    training = {"complete": False, "steps": 3, "steps_planned": 9}
+    partial = save_safetensors(model, tmp_path / "part_x4.safetensors", 4, training=training)
+    with pytest.raises(SystemExit, match="unfinished run"):
+        finalize(partial, tmp_path / "never.safetensors")
+
+
+def test_bundled_model_is_described_and_beats_bicubic_on_eval(shared_data: Path) -> None:
+    loaded = load_weights(default_weights_path(4))
+    assert loaded.model.config == COMPACT_STUDENT
+    assert loaded.color_match is False
+    assert default_weights_path(4).stat().st_size < 20 * 1024 * 1024
+    report = evaluate(default_weights_path(4), shared_data / "eval", 4)
+    metrics = report["metrics"]
+    gain = metrics["bicubic-degraded/model"]["psnr_y"] - metrics["bicubic-degraded/bicubic"]["psnr_y"]
+    assert gain > 0.2, metrics
+    assert metrics["bicubic-degraded/model"]["ssim_y"] > metrics["bicubic-degraded/bicubic"]["ssim_y"]
