@@ -75,8 +75,8 @@ def lanczos_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
 
 def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> dict[str, object]:
     """PSNR/SSIM on Y for bicubic, Lanczos and the model, on bicubic and realistic LR."""
+    from backend.metrics import psnr, rgb_to_y, ssim_index
     from backend.training.degradations import bicubic_downscale
-    from backend.training.metrics import psnr, rgb_to_y, ssim_index
     from backend.training.realesrgan import RealESRGANDegradation
 
     loaded = load_weights(weights, scale=scale)

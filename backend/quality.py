@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend.metrics import Y_WEIGHTS
+from backend.metrics import ssim as ssim_metric
+
 MIN_SAMPLE_LR = 16  # the degraded sample must keep at least this many pixels per side
 PANEL_GAP = 8
 
@@ -78,7 +81,7 @@ LogFn = Callable[[str], None]
 
 def luma(image: np.ndarray) -> np.ndarray:
     """HxWx3 RGB in [0, 1] -> HxW BT.601 Y in [16/255, 235/255], as SR papers measure."""
-    return (16.0 + image @ np.array([65.481, 128.553, 24.966], dtype=np.float64)) / 255.0
+    return (16.0 + image @ np.array(Y_WEIGHTS, dtype=np.float64)) / 255.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,22 +94,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Structural similarity of two HxW images in [0, 1] (Gaussian window 11, sigma 1.5)."""
     x = torch.as_tensor(np.asarray(a, np.float64))[None, None]
     y = torch.as_tensor(np.asarray(b, np.float64))[None, None]
-    coords = torch.arange(11, dtype=torch.float64) - 5
-    g = torch.exp(-(coords**2) / (2 * 1.5**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :])[None, None]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx**2
-    syy = blur(y * y) - my**2
-    sxy = blur(x * y) - mx * my
-    num = (2 * mx * my + c1) * (2 * sxy + c2)
-    den = (mx**2 + my**2 + c1) * (sxx + syy + c2)
-    return float((num / den).mean())
+    return float(ssim_metric(x, y))
 
 
 # -- degradation and restoration ------------------------------------------------------------

@@ -35,11 +35,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from backend.inference import describe_device, resolve_device
+from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.model import SlimDiffSRStudent, StudentConfig
 from backend.training.data import FixedCrops, RasterCropDataset, find_rasters, stable_split
 from backend.training.degradations import make_degrader, network_input
 from backend.training.losses import fft_loss, ssim_loss
-from backend.training.metrics import psnr, rgb_to_y, ssim_index
 from backend.weights import load_weights, save_safetensors
 
 CHECKPOINT = "checkpoint.pt"
