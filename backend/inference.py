@@ -153,8 +153,10 @@ class SuperResolver:
         self.color_match = color_match
         self.multiple = model.config.downscale
         self.probe_error: float | None = None
-        self.precision = self._choose_precision(precision)
-        self._network = self._prepare(self.precision)
+        self.precision, network = self._choose_precision(precision)
+        # The probe already built the chosen network (a bf16 copy of the weights on the
+        # CPU); reuse it rather than copying the model a second time.
+        self._network = network or self._prepare(self.precision)
 
     @classmethod
     def from_weights(
@@ -195,27 +197,34 @@ class SuperResolver:
 
         return network
 
-    def _choose_precision(self, precision: str) -> str:
+    def _choose_precision(
+        self, precision: str
+    ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """The precision to use, and its network when the probe built it."""
         if precision != "auto":
             self._check_supported(precision)
-            return precision
+            return precision, None
         if self.device.type == "cuda":
             candidate = "fp16"
         elif cpu_has_fast_bf16():
             candidate = "bf16"
         else:
-            return "fp32"
+            return "fp32", None
         generator = torch.Generator().manual_seed(0)
         size = max(self.multiple, 64)
         probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
         probe = F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
         with torch.inference_mode():
-            ref = self._prepare("fp32")(self._to_device(probe))
-            test = self._prepare(candidate)(self._to_device(probe))
+            reference = self._prepare("fp32")
+            network = self._prepare(candidate)
+            ref = reference(self._to_device(probe))
+            test = network(self._to_device(probe))
         ref, test = ref - ref.mean(), test - test.mean()
         err = float(torch.linalg.vector_norm(test - ref) / torch.linalg.vector_norm(ref).clamp(min=1e-12))
         self.probe_error = err
-        return candidate if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE else "fp32"
+        if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE:
+            return candidate, network
+        return "fp32", reference
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
