@@ -11,7 +11,7 @@ PACKAGE_MAX_MB := 25
 # qgis_process needs a display platform and a runtime dir even headless.
 QGIS_HEADLESS := QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}
 
-.PHONY: plugin-link demo package screenshot
+.PHONY: plugin-link demo bench-plugin package screenshot
 
 install: plugin-link
 
@@ -36,6 +36,11 @@ plugin-link: system
 # into build/demo). DEMO_SIZE=0 for the whole scene, DEMO_DEVICE=1 to force the CPU.
 demo: install
 	@$(PY) tools/demo.py
+
+# Throughput through the plugin: the demo on a 1024x1024 window (4096x4096 output), no
+# overviews, as a user runs it with default parameters.
+bench-plugin: install
+	@DEMO_SIZE=1024 DEMO_OVERVIEWS=0 $(PY) tools/demo.py
 
 # The zip for plugins.qgis.org: tracked files (and the bundled weights) minus tests and
 # development files, in a top-level folder named like the plugin.

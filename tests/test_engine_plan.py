@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend.engine import Blender, make_plan
-from backend.engine.plan import axis_starts
+from backend.engine.plan import axis_starts, balanced_tile
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(100, 32, 8), (250, 128, 16), (129, 128, 16), (32, 32, 8),
@@ -82,3 +82,39 @@ def test_row_major_order_keeps_only_about_two_block_rows_alive() -> None:
 def test_bad_overlap_is_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         make_plan(100, 100, 4, 32, 20, multiple=16)
+
+
+@pytest.mark.parametrize("size,tile,overlap,step", [(1024, 192, 32, 2), (1000, 512, 32, 2),
+                                                    (4000, 512, 32, 2), (241, 128, 16, 1),
+                                                    (513, 512, 16, 4), (100, 100, 8, 1)])
+def test_balanced_tiles_keep_the_window_count_and_cut_the_overlap(size: int, tile: int, overlap: int,
+                                                                  step: int) -> None:
+    t = balanced_tile(size, tile, overlap, step)
+    assert (t <= tile and t % step == 0) or t == size
+    fixed, balanced = axis_starts(size, min(tile, size), overlap), axis_starts(size, t, overlap)
+    assert len(balanced) == len(fixed)
+    assert len(balanced) * t <= len(fixed) * min(tile, size)
+    for a, b in itertools.pairwise(balanced):
+        assert a + t - b >= overlap
+    assert balanced[-1] + t == size
+
+
+def test_plan_on_a_1024_raster_computes_little_more_than_its_area() -> None:
+    fixed_area = (7 * 192 / 1024) ** 2  # seven fixed 192-pixel windows per axis: 1.72x
+    plan = make_plan(1024, 1024, 4, 192, 32, multiple=8)
+    assert plan.grid == (7, 7)
+    assert plan.computed_area < 0.85 * fixed_area
+    assert make_plan(1024, 1024, 4, 512, 32, multiple=8).computed_area < 1.15
+
+
+def test_default_tile_follows_the_memory_of_the_paper_default() -> None:
+    from backend.engine.run import default_tile
+
+    assert default_tile(4) == 192  # the paper's student, batch of four: 768 output pixels
+    assert default_tile(4, full_res_width=64, batch=1) == 1536 // 4
+    assert default_tile(4, full_res_width=32, batch=1) == 2048 // 4  # capped
+    assert default_tile(8, full_res_width=128, batch=4) == 512 // 8
+    # a very wide output: the strip of accumulators (tile + block rows) stays within budget
+    wide = default_tile(4, full_res_width=32, batch=1, out_width=16000, bands=3, block=512)
+    assert (4 * wide + 512) * 16000 * 3 * 4 <= 256 * 2**20
+    assert wide < 2048 // 4

@@ -127,3 +127,13 @@ def test_real_rasters_of_every_kind(shared_data: Path):
     assert len(ds.sources) >= 9
     x = torch.stack([ds[i] for i in range(6)])
     assert x.shape == (6, 3, 64, 64) and torch.isfinite(x).all()
+
+
+def test_in_memory_cache_gives_the_windowed_reads_values(shared_data: Path) -> None:
+    """Whole-file caching is only a speed-up: every crop equals the windowed read."""
+    files = find_rasters([shared_data / "fixtures"])
+    cached = RasterCropDataset(files, 48, seed=5, max_invalid=0.5)
+    windowed = RasterCropDataset(files, 48, seed=5, max_invalid=0.5, cache_mb=0)
+    for i in range(24):
+        assert torch.equal(cached[i], windowed[i])
+    assert cached._cached_bytes > 0 and windowed._cached_bytes == 0

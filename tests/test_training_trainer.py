@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 
+from backend.model import COMPACT_STUDENT
 from backend.training.train_command import parse_student
 from backend.training.trainer import StudentTrainer, TrainingError, TrainSettings, lr_factor
 from backend.weights import load_weights
@@ -65,7 +66,7 @@ def test_lr_schedule_warmup_and_cosine():
 
 
 def test_student_config_from_preset_json_or_file(tmp_path: Path, tiny_config):
-    assert parse_student("compact")["unet_channels"] == (64, 128, 128)
+    assert parse_student("compact") == COMPACT_STUDENT.to_dict()
     assert parse_student(tiny_config.to_json())["vae_channels"] == 16
     f = tmp_path / "s.json"
     f.write_text(tiny_config.to_json())

@@ -32,7 +32,7 @@ from affine import Affine
 from backend.engine.compact import CONFIGS, write_random_weights
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import TilePlan, make_plan
-from backend.engine.run import default_overlap, default_tile, upscale_raster
+from backend.engine.run import default_batch, default_overlap, default_tile, upscale_raster
 from backend.inference import SuperResolver
 from backend.weights import load_weights
 
@@ -81,13 +81,15 @@ def model_only_seconds(resolver: SuperResolver, plan: TilePlan, batch_size: int)
     return time.perf_counter() - t0
 
 
-def throughput(config: str, size: int, scale: int, device: str, precision: str, batch: int,
+def throughput(config: str, size: int, scale: int, device: str, precision: str, batch: int | None,
                folder: Path) -> dict[str, float]:
     weights = write_random_weights(folder / f"{config}_x{scale}.safetensors", CONFIGS[config], scale)
     src = synthetic_raster(folder / f"in_{size}.tif", size)
     loaded = load_weights(weights)
     resolver = SuperResolver(loaded.model, scale, device, precision)
-    plan = make_plan(size, size, scale, default_tile(scale), default_overlap(scale), resolver.multiple)
+    batch = batch or default_batch(resolver.device)
+    tile = default_tile(scale, loaded.model.config.vae_channels, batch)
+    plan = make_plan(size, size, scale, tile, default_overlap(scale), resolver.multiple)
     out_px = (size * scale) ** 2
     t_model = model_only_seconds(resolver, plan, batch)
     t0 = time.perf_counter()
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-sizes", default="1000,4000")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 4 on a GPU, 1 on the CPU")
     p.add_argument("--margin", action="store_true")
     p.add_argument("--seams", action="store_true")
     p.add_argument("--rss-child", type=int)

@@ -37,8 +37,10 @@ class UpscaleOptions:
     """What to compute and how. Every field has a usable default.
 
     Sizes (``tile_size``, ``overlap``) are in *input* (low-resolution) pixels. ``None``
-    means "the measured default" (see docs/engine.md): tiles of 768 output pixels
-    (192 input pixels at x4, 96 at x8) and an overlap of 128 output pixels (32 at x4).
+    means "the measured default" (see docs/engine.md): the largest tile whose activations
+    fit the memory of 768-pixel tiles of the paper's student in a batch of four (2048
+    output pixels for the bundled compact model on the CPU), shrunk evenly to the raster so
+    overlaps stay as asked, and an overlap of 128 output pixels (32 input pixels at x4).
     """
 
     weights: str | Path | None = None
@@ -54,7 +56,8 @@ class UpscaleOptions:
     precision: str = "auto"
     tile_size: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
+    """Tiles per model call; None: 4 on a GPU, 1 on the CPU."""
     cog: bool = False
     """Write a Cloud Optimized GeoTIFF (implies overviews)."""
     overviews: bool = False

@@ -39,7 +39,15 @@ from backend.engine.writer import (
 )
 
 DEFAULT_TILE_OUT = 768
-"""Default tile in output pixels (192 input pixels at x4, 96 at x8); see docs/engine.md."""
+"""Default tile side in output pixels of the paper's student at a batch of four; other
+models and batches get the tile of the same activation memory (``default_tile``)."""
+MAX_TILE_OUT = 2048
+"""Largest automatic tile side in output pixels."""
+STRIP_BUDGET_MB = 256
+"""Memory for the blend accumulators of one strip of tiles across the output."""
+FULL_RES_WIDTH = 64
+"""Channels at output resolution of the paper's student (its tiny autoencoder width)."""
+DEFAULT_BATCH = 4
 DEFAULT_OVERLAP_OUT = 128
 """Default overlap in output pixels (32 input pixels at x4, 16 at x8): twice the measured
 receptive margin of the paper's student (65 output pixels), so the quarter discarded at
@@ -51,8 +59,30 @@ ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
 
 
-def default_tile(scale: int) -> int:
-    return max(16, DEFAULT_TILE_OUT // scale)
+def default_batch(device: torch.device) -> int:
+    """Tiles per model call: 4 on a GPU; 1 on the CPU, where a batch runs no faster than
+    its tiles one by one and only multiplies the memory."""
+    return DEFAULT_BATCH if device.type == "cuda" else 1
+
+
+def default_tile(scale: int, full_res_width: int = FULL_RES_WIDTH, batch: int = DEFAULT_BATCH,
+                 out_width: int | None = None, bands: int = 3, block: int = 512) -> int:
+    """Default tile in input pixels: the largest one whose full-resolution activations
+    (side^2 x width x batch) stay within those of the paper's student at 768 px x 4, and
+    whose strip of blend accumulators across the output (side + block rows x ``out_width``
+    x ``bands`` float32) stays within ``STRIP_BUDGET_MB``.
+
+    Larger tiles waste less of the network's work on overlaps (a 1024^2 raster at x4 in
+    768 px tiles computes 1.41x its area, in 2048 px tiles 1.14x), so a narrower model or a
+    batch of one gets the larger tile the same memory allows; the strip bound keeps memory
+    independent of the raster's width as well as of its height.
+    """
+    budget = DEFAULT_TILE_OUT**2 * FULL_RES_WIDTH * DEFAULT_BATCH
+    side = int((budget / (max(1, full_res_width) * max(1, batch))) ** 0.5)
+    if out_width:
+        side = min(side, STRIP_BUDGET_MB * 2**20 // (out_width * max(1, bands) * 4) - block)
+    side = min(MAX_TILE_OUT, max(DEFAULT_TILE_OUT // 4, side // 64 * 64))
+    return max(16, side // scale)
 
 
 def default_overlap(scale: int) -> int:
@@ -83,11 +113,15 @@ def upscale_raster(
     check_paths(src_path, dst_path)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
         info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
-        if options.batch_size < 1:
+        if options.batch_size is not None and options.batch_size < 1:
             raise EngineError("batch size must be at least 1")
         resolver, model_name = resolve_model(model, options)
         scale = resolver.scale
-        tile = options.tile_size or default_tile(scale)
+        batch = options.batch_size or default_batch(resolver.device)
+        width = resolver.model.config.vae_channels
+        tile = options.tile_size or default_tile(
+            scale, width, batch, info.width * scale, len(info.bands), options.block_size
+        )
         overlap = options.overlap if options.overlap is not None else default_overlap(scale)
         if tile < 8 or overlap < 0:
             raise EngineError(f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
@@ -109,7 +143,7 @@ def upscale_raster(
         bigtiff = size > BIGTIFF_THRESHOLD
         temp = TempOutput(dst_path)
         try:
-            cache = _estimate_stats(plan, info, step, options, cancel)
+            cache = _estimate_stats(plan, info, step, options, batch, cancel)
             with rasterio.open(src_path) as src:
                 provenance = {
                     "SLIMDIFFSR_MODEL": model_name,
@@ -133,7 +167,8 @@ def upscale_raster(
                     ) from None
                 with dst:
                     copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                    tiles_skipped = _execute(plan, info, step, dst, cache, options, progress, cancel, t0)
+                    tiles_skipped = _execute(plan, info, step, dst, cache, options, batch, progress,
+                                             cancel, t0)
             temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff)
         except EngineError as exc:
             temp.discard()
@@ -164,7 +199,7 @@ def _sample_order(n: int, k: int) -> Iterator[int]:
 
 
 def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: UpscaleOptions,
-                    cancel: CancelFn | None) -> dict[int, torch.Tensor]:
+                    batch_size: int, cancel: CancelFn | None) -> dict[int, torch.Tensor]:
     """Run the model on a few valid windows; keep their raw outputs for the main pass.
 
     Weights that ship without colour match (``color_match: false``) need no statistics.
@@ -180,7 +215,7 @@ def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: 
             tile = reader.read_tile(plan.window(idx))
             if tile.lr is not None:
                 batch.append(tile)
-            if len(batch) == options.batch_size:
+            if len(batch) == batch_size:
                 _check_cancel(cancel)
                 samples += _run_samples(step, batch, cache)
                 batch = []
@@ -234,21 +269,22 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
 
 
 def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache: dict[int, torch.Tensor],
-             options: UpscaleOptions, progress: ProgressFn | None, cancel: CancelFn | None, t0: float) -> int:
+             options: UpscaleOptions, batch_size: int, progress: ProgressFn | None, cancel: CancelFn | None,
+             t0: float) -> int:
     """Main pass: reader thread -> model (this thread) -> writer thread. Returns skipped tiles."""
     stop = threading.Event()
     inbox: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch_batches))
-    outbox: queue.Queue = queue.Queue(maxsize=2 * options.batch_size)
+    outbox: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     windows = plan.windows()
     radiometry = step.radiometry
     n_out = len(info.bands)
 
     def read_loop() -> None:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info, radiometry) as reader:
-            for i in range(0, len(windows), options.batch_size):
+            for i in range(0, len(windows), batch_size):
                 batch = [
                     TileInput(w, None, np.ones((1, 1), bool)) if w.index in cache else reader.read_tile(w)
-                    for w in windows[i : i + options.batch_size]
+                    for w in windows[i : i + batch_size]
                 ]
                 if not _put(inbox, batch, stop):
                     return

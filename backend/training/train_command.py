@@ -10,30 +10,15 @@ from typing import Any
 
 HELP = "train a student on your HR rasters (synthetic LR, image losses; resumable, runs in chunks)"
 
-STUDENT_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    # A compact member of the family for CPU training (our choice, about 1.9M parameters).
-    "compact": {
-        "unet_channels": [64, 128, 128],
-        "layers_per_block": 1,
-        "norm_groups": 16,
-        "num_queries": 16,
-        "squeeze_dim": 32,
-        "vae_channels": 32,
-        "encoder_blocks": [1, 2, 2, 2],
-        "decoder_blocks": [2, 2, 2, 1],
-    },
-}
-
 
 def parse_student(value: str | None) -> dict[str, Any] | None:
     """A preset name, a JSON file, or a JSON string -> StudentConfig fields (validated)."""
-    from backend.model import StudentConfig
+    from backend.model import PRESETS, StudentConfig
 
     if value is None:
         return None
-    if value in STUDENT_PRESETS:
-        data = STUDENT_PRESETS[value]
+    if value in PRESETS:
+        data = PRESETS[value].to_dict()
     elif not value.lstrip().startswith("{") and Path(value).is_file():
         data = json.loads(Path(value).read_text())
     else:
@@ -41,7 +26,7 @@ def parse_student(value: str | None) -> dict[str, Any] | None:
             data = json.loads(value)
         except json.JSONDecodeError:
             raise argparse.ArgumentTypeError(
-                f"--student {value!r} is neither a preset ({', '.join(STUDENT_PRESETS)}), a file nor JSON"
+                f"--student {value!r} is neither a preset ({', '.join(PRESETS)}), a file nor JSON"
             ) from None
     return StudentConfig.from_dict(data).to_dict()
 
