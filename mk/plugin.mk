@@ -11,7 +11,7 @@ PACKAGE_MAX_MB := 25
 # qgis_process needs a display platform and a runtime dir even headless.
 QGIS_HEADLESS := QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}
 
-.PHONY: plugin-link demo bench-plugin package screenshot
+.PHONY: plugin-link demo bench-plugin figure package screenshot
 
 install: plugin-link
 
@@ -41,6 +41,15 @@ demo: install
 # overviews, as a user runs it with default parameters.
 bench-plugin: install
 	@DEMO_SIZE=1024 DEMO_OVERVIEWS=0 $(PY) tools/demo.py
+
+# The README's before/after figure: the Quality Check (slimdiffsr:assess) with the bundled
+# model on a held-out NEON plot of ../shared/data/eval; prints its metrics.
+FIGURE_INPUT ?= $(SHARED)/data/eval/deepforest/SJER_064.tif
+figure: install
+	@$(QGIS_HEADLESS) $(QGIS_PROCESS) --json run $(PLUGIN_NAME):assess -- INPUT=$(FIGURE_INPUT) \
+	  OUTPUT_HTML=build/figure.html OUTPUT_PNG=docs/images/before_after.png > build/figure.json
+	@$(PY) -c "import json; r = json.load(open('build/figure.json'))['results']; \
+	  print({k: r[k] for k in ('PSNR_BICUBIC', 'PSNR_SR', 'SSIM_BICUBIC', 'SSIM_SR', 'VERDICT')})"
 
 # The zip for plugins.qgis.org: tracked files (and the bundled weights) minus tests and
 # development files, in a top-level folder named like the plugin.

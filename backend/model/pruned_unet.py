@@ -63,4 +63,4 @@ class PrunedUNet(nn.Module):
         x = self.mid_block(x)
         for block in self.up_blocks:
             x = block(x, skips)
-        return F.silu(self.conv_norm_out(x))
+        return F.silu(self.conv_norm_out(x), inplace=True)

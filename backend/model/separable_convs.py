@@ -27,8 +27,9 @@ def _gate(cin: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 def _branch_weights(gate: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    # Mean in float32: under bf16 autocast the mean over a large tile loses digits.
-    pooled = x.float().mean(dim=(2, 3)).to(x.dtype)
+    # Mean accumulated in float32 (a bf16 sum over a large tile loses digits), without
+    # materialising a float32 copy of the whole feature map.
+    pooled = x.mean(dim=(2, 3), dtype=torch.float32).to(x.dtype)
     return gate(pooled)[:, :, None, None]
 
 

@@ -30,8 +30,10 @@ class LightResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # In-place SiLU on the fresh GroupNorm outputs (GroupNorm's backward needs only its
+        # input): one full-size allocation less per activation.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
         return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
