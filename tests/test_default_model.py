@@ -42,5 +42,5 @@ def test_bundled_model_is_described_and_beats_bicubic_on_eval(shared_data: Path)
     report = evaluate(default_weights_path(4), shared_data / "eval", 4)
     metrics = report["metrics"]
     gain = metrics["bicubic-degraded/model"]["psnr_y"] - metrics["bicubic-degraded/bicubic"]["psnr_y"]
-    assert gain > 0.2, metrics
+    assert gain > 0.3, metrics  # measured +0.38 dB (MODEL_CARD.md)
     assert metrics["bicubic-degraded/model"]["ssim_y"] > metrics["bicubic-degraded/bicubic"]["ssim_y"]

@@ -74,6 +74,13 @@ def check_disk_space(folder: Path, needed: int, cog: bool) -> None:
         )
 
 
+DEFLATE_LEVEL = 1
+"""DEFLATE effort for the output. GDAL's default (6) cost a quarter of a 1024^2 -> 4096^2
+uint16 run on a 2-core CPU (24.3 s against 17.7 s uncompressed); level 1 takes 19.7 s for a
+file 6 % larger (51.9 MB against 48.9 MB; 100.7 MB uncompressed). DEFLATE rather than the
+slightly faster ZSTD because every GIS reads it."""
+
+
 def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodata: float | None,
                    compress: str, block: int, bigtiff: bool, threads: str) -> dict[str, Any]:
     dtype = src.dtypes[0]
@@ -99,6 +106,8 @@ def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodat
         profile["compress"] = compress
         if compress.lower() in ("deflate", "lzw", "zstd"):
             profile["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
+        if compress.lower() == "deflate":
+            profile["zlevel"] = DEFLATE_LEVEL
     return profile
 
 
