@@ -57,6 +57,8 @@ class RasterSource:
     bands: tuple[int, int, int]
     low: float
     high: float
+    itemsize: int = 8
+    """Bytes per value of the chosen bands (the in-memory cache's size estimate)."""
 
     @property
     def area(self) -> int:
@@ -136,7 +138,7 @@ def describe_raster(path: str | Path) -> RasterSource:
                 low, high = (float(v) for v in np.percentile(pooled, PERCENTILES))
                 if high <= low:
                     high = low + 1.0
-            return RasterSource(str(path), ds.width, ds.height, bands, low, high)
+            return RasterSource(str(path), ds.width, ds.height, bands, low, high, dtype.itemsize)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -204,32 +206,37 @@ class RasterCropDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0
+        self._uncached: set[str] = set()
 
     def __len__(self) -> int:
         return self.length
 
-    def _whole_file(self, source: RasterSource) -> tuple[np.ndarray, np.ndarray] | None:
-        """The chosen bands and validity of a whole file, kept while they fit the budget.
-
-        Opening a compressed GeoTIFF and decoding its blocks for every 96-pixel crop cost
-        about a quarter of a CPU training step; small collections (the usual fine-tuning
-        case) are read once instead. Files beyond the budget keep windowed reads, so a
-        folder of huge scenes never has to fit in memory. Each loader process has its own
-        cache.
-        """
-        hit = self._cache.get(source.path)
-        if hit is not None:
-            return hit
+    def _read(self, source: RasterSource, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Chosen bands and their validity, of ``window`` or of the whole file."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(source.path) as ds:
-                size = source.area * (len(source.bands) * np.dtype(ds.dtypes[0]).itemsize + 1)
-                if self._cached_bytes + size > self.cache_bytes:
-                    return None
-                values = ds.read(list(source.bands))
-                valid = _valid_mask(ds, source.bands, values)
+                values = ds.read(list(source.bands), window=window)
+                valid = _valid_mask(ds, source.bands, values, window=window)
         valid &= np.all(np.isfinite(values), axis=0)
-        self._cache[source.path] = (values, valid)
+        return values, valid
+
+    def _whole_file(self, source: RasterSource) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chosen bands and validity of a whole file, kept while they fit the budget.
+
+        Opening a compressed GeoTIFF and decoding its blocks for every crop cost about a
+        quarter of a CPU training step; small collections (the usual fine-tuning case) are
+        read once instead. A file beyond the budget is marked once and keeps windowed reads,
+        so a folder of huge scenes never has to fit in memory. Each loader process has its
+        own cache.
+        """
+        hit = self._cache.get(source.path)
+        if hit is not None or source.path in self._uncached:
+            return hit
+        if self._cached_bytes + source.area * (len(source.bands) * source.itemsize + 1) > self.cache_bytes:
+            self._uncached.add(source.path)
+            return None
+        values, valid = self._cache[source.path] = self._read(source)
         self._cached_bytes += values.nbytes + valid.nbytes
         return values, valid
 
@@ -240,13 +247,7 @@ class RasterCropDataset(Dataset):
             rows, cols = slice(top, top + self.crop), slice(left, left + self.crop)
             values, valid = whole[0][:, rows, cols], whole[1][rows, cols]
         else:
-            window = Window(left, top, self.crop, self.crop)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(source.path) as ds:
-                    values = ds.read(list(source.bands), window=window)
-                    valid = _valid_mask(ds, source.bands, values, window=window)
-            valid &= np.all(np.isfinite(values), axis=0)
+            values, valid = self._read(source, Window(left, top, self.crop, self.crop))
         return source.to_unit(np.nan_to_num(values)), 1.0 - float(valid.mean())
 
     def __getitem__(self, index: int) -> torch.Tensor:
