@@ -80,7 +80,7 @@ def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> di
     from backend.training.realesrgan import RealESRGANDegradation
 
     loaded = load_weights(weights, scale=scale)
-    resolver = SuperResolver(loaded.model, scale, device, "fp32")
+    resolver = SuperResolver.from_weights(loaded, device, "fp32")  # as the plugin runs it
     realistic = RealESRGANDegradation(scale)
     images = load_eval_images(folder, scale)
     results: dict[str, dict[str, list[float]]] = {}
@@ -125,7 +125,8 @@ def finalize(trained: Path, out: Path) -> Path:
 
     The compact student learns the image itself (L1 to the HR image), so it ships with
     ``color_match: false``: matching its output's std to the blurrier bicubic input would
-    flatten the detail it restores.
+    flatten the detail it restores. It ships with ``lr_consistency: true``: the recipe's
+    last stage trains with the back-projection step, and the model card's numbers include it.
     """
     loaded = load_weights(trained)
     training = loaded.metadata.get("training") or {}
@@ -144,6 +145,7 @@ def finalize(trained: Path, out: Path) -> Path:
         input_bands="RGB (or one band replicated)",
         training=training if isinstance(training, dict) else {"summary": str(training)},
         color_match=False,
+        lr_consistency=True,
         extra={"model_card": "MODEL_CARD.md", "license": "MIT (weights); training data licences: MANIFEST"},
     )
 

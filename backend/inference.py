@@ -6,6 +6,10 @@ student -> crop -> per-channel colour match
 ``sr = (sr - mean(sr)) / std(sr) * std(up) + mean(up)`` (``up`` = the padded bicubic
 input) -> /2 + 0.5 -> clamp to [0, 1].
 
+Weights that record ``lr_consistency: true`` (our default models) get one back-projection
+step towards the input right after the network (:mod:`backend.model.lr_consistency`),
+before any colour match.
+
 The colour-match statistics are an input (:class:`ColorStats`): one image computes its
 own, a tiled raster passes global ones so every tile is mapped the same way.
 """
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model import SlimDiffSRStudent
+from backend.model.lr_consistency import enforce_lr_consistency
 from backend.weights import LoadedWeights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -138,6 +143,7 @@ class SuperResolver:
         channels_last: bool = True,
         compile: bool = False,
         color_match: bool = True,
+        lr_consistency: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -151,6 +157,7 @@ class SuperResolver:
             torch.backends.cudnn.benchmark = True
         self.compile = compile
         self.color_match = color_match
+        self.lr_consistency = lr_consistency
         self.multiple = model.config.downscale
         self.probe_error: float | None = None
         self.precision, network = self._choose_precision(precision)
@@ -162,8 +169,15 @@ class SuperResolver:
     def from_weights(
         cls, loaded: LoadedWeights, device: str = "auto", precision: str = "auto"
     ) -> SuperResolver:
-        """A resolver configured as the weight file says (scale, colour match)."""
-        return cls(loaded.model, loaded.scale, device, precision, color_match=loaded.color_match)
+        """A resolver configured as the weight file says (scale, colour match, LR consistency)."""
+        return cls(
+            loaded.model,
+            loaded.scale,
+            device,
+            precision,
+            color_match=loaded.color_match,
+            lr_consistency=loaded.lr_consistency,
+        )
 
     # -- precision ---------------------------------------------------------------------
     def _check_supported(self, precision: str) -> None:
@@ -267,6 +281,16 @@ class SuperResolver:
         return sr, padded
 
     @torch.inference_mode()
+    def consistent(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """Raw SR [B, C, sH, sW] and its input [B, C, H, W] in [-1, 1] -> SR agreeing with it.
+
+        The identity unless the weights ask for LR consistency.
+        """
+        if not self.lr_consistency:
+            return sr
+        return enforce_lr_consistency(sr, self._to_device(lr), self.scale)
+
+    @torch.inference_mode()
     def super_resolve(
         self,
         lr: np.ndarray,
@@ -286,6 +310,7 @@ class SuperResolver:
         x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None] * 2 - 1
         up = self.upsample(x)
         sr, padded = self.restore(up, pad_multiple)
+        sr = self.consistent(sr, x)
         if self.color_match:
             sr = (stats or image_stats(sr, padded)).apply(sr)
         return (sr / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
@@ -297,7 +322,7 @@ class SuperResolver:
         ``stats`` is required when this resolver colour-matches (tiles must share them).
         """
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(lr, np.float32).transpose(0, 3, 1, 2))) * 2 - 1
-        sr, _ = self.restore(self.upsample(x))
+        sr = self.consistent(self.restore(self.upsample(x))[0], x)
         if self.color_match:
             if stats is None:
                 raise InferenceError("tiles need shared colour statistics; pass stats")

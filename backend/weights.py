@@ -52,6 +52,15 @@ class LoadedWeights:
         return str(self.metadata.get("color_match", "true")).lower() not in ("false", "0", "no")
 
     @property
+    def lr_consistency(self) -> bool:
+        """Whether outputs get one back-projection step towards the input (``lr_consistency``).
+
+        Off unless the file says so: the release's students were not evaluated with it, and
+        it assumes the antialiased bicubic degradation our models are trained and judged on.
+        """
+        return str(self.metadata.get("lr_consistency", "false")).lower() in ("true", "1", "yes")
+
+    @property
     def description(self) -> str:
         name = self.metadata.get("name") or Path(self.source).name
         return f"{name} (x{self.scale})"
@@ -221,6 +230,7 @@ def save_safetensors(
     value_range: tuple[float, float] = (0.0, 1.0),
     training: dict[str, Any] | None = None,
     color_match: bool = True,
+    lr_consistency: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write weights plus the metadata that makes the file self-describing."""
@@ -240,6 +250,7 @@ def save_safetensors(
         "value_range": json.dumps(list(value_range)),
         "training": json.dumps(training or {}),
         "color_match": "true" if color_match else "false",
+        "lr_consistency": "true" if lr_consistency else "false",
     }
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)

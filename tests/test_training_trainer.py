@@ -93,6 +93,7 @@ def test_training_resumes_exactly_and_exports(image_folder: Path, tmp_path: Path
     assert meta["steps"] == 4 and meta["complete"] is True and meta["method"] == "supervised"
     assert meta["degradation"]["kind"] == "bicubic" and "psnr" in meta["validation"]
     assert loaded.scale == 4 and loaded.model.config == tiny_config
+    assert not loaded.lr_consistency  # not asked for
     with open(tmp_path / "b" / "train_log.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == [1, 2, 3, 4]
@@ -119,11 +120,11 @@ def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_co
     )
     trainer = StudentTrainer(s)
     hr = next(trainer.batches(0))
-    inputs, target = trainer.make_pair(hr, 0, 0)
+    inputs, target, lr = trainer.make_pair(hr, 0, 0)
     losses = []
     for _ in range(40):
         trainer.optimizer.zero_grad()
-        loss, _ = trainer.compute_loss(inputs, target)
+        loss, _ = trainer.compute_loss(inputs, target, lr)
         loss.backward()
         trainer.optimizer.step()
         losses.append(float(loss.detach()))
@@ -163,10 +164,14 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_confi
             "bf16",
             "--name",
             "mine",
+            "--lr-consistency",
         ]
     )
     assert rc == 0
-    assert load_weights(out / "mine.safetensors").metadata["training"]["precision"] == "bf16"
+    loaded = load_weights(out / "mine.safetensors")
+    assert loaded.metadata["training"]["precision"] == "bf16"
+    # trained with the back-projection in the loss: the file asks for it at inference
+    assert loaded.metadata["training"]["lr_consistency"] is True and loaded.lr_consistency
 
 
 def test_finetune_validates_before_and_after(image_folder: Path, tmp_path: Path, tiny_weights: Path):

@@ -87,7 +87,7 @@ class ModelStep:
         x = torch.from_numpy(np.ascontiguousarray(lr.reshape(n * g, *lr.shape[2:]))) * 2 - 1
         try:
             up = self.resolver.upsample(x)
-            sr, _ = self.resolver.restore(up)
+            sr = self.resolver.consistent(self.resolver.restore(up)[0], x)
         except torch.OutOfMemoryError:
             raise EngineError(
                 f"the device ran out of memory on a batch of {n} tiles; "

@@ -8,25 +8,18 @@ function of the seed (reproducible runs, exact resume).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from backend.model.lr_consistency import enlarge, reduce
 
 
 def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Antialiased bicubic reduction by ``scale`` (the benchmark LR of SR papers).
-
-    ``antialias=True`` widens the kernel by the scale, as MATLAB's ``imresize`` which made
-    the classic benchmark LR images; without it, downscaling aliases.
-    """
-    h, w = hr.shape[-2:]
-    if h % scale or w % scale:
-        raise ValueError(f"HR size {h}x{w} is not a multiple of the scale {scale}")
-    lr = F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return lr.clamp(0.0, 1.0)
+    """Antialiased bicubic reduction by ``scale`` (the benchmark LR of SR papers), in [0, 1]."""
+    return reduce(hr, scale).clamp(0.0, 1.0)
 
 
 def network_input(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """LR in [0,1] -> the student's input: *2-1 then bicubic x scale, as ``SuperResolver``."""
-    return F.interpolate(lr * 2 - 1, scale_factor=scale, mode="bicubic", align_corners=False)
+    return enlarge(lr * 2 - 1, scale)
 
 
 class BicubicDegradation:

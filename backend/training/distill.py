@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from backend.model.lr_consistency import enforce_lr_consistency
 from backend.training.losses import (
     PatchDiscriminator,
     feature_mmd,
@@ -61,7 +62,7 @@ class TeacherTrainer(StudentTrainer):
         return teacher, {"name": Path(self.s.init).name}
 
     def compute_loss(
-        self, inputs: torch.Tensor, target: torch.Tensor
+        self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.model.restore(inputs)
         with torch.no_grad():
@@ -116,13 +117,15 @@ class DistillTrainer(StudentTrainer):
         return features, out["image"]
 
     def compute_loss(
-        self, inputs: torch.Tensor, target: torch.Tensor
+        self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         e = self.s.extra
         z_student, image = self.model(inputs)
         t_features, t_image = self.teacher_features(inputs)
         generator = torch.Generator().manual_seed(self.s.seed + 7919 * self.step)
         image = image.float()
+        if self.s.lr_consistency:
+            image = enforce_lr_consistency(image, lr, self.s.scale)
         parts: dict[str, torch.Tensor] = {
             "mmd": feature_mmd(z_student.float(), t_features.float(), e["mmd_samples"], generator),
             "l1": (image - target).abs().mean(),

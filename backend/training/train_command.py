@@ -44,6 +44,11 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
     g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     g.add_argument("--crop", type=int, default=128, help="HR crop size in pixels (default 128; paper 256)")
     g.add_argument("--degradation", choices=("bicubic", "realesrgan"), default="bicubic")
+    g.add_argument(
+        "--lr-consistency",
+        action="store_true",
+        help="back-project the output to the LR input inside the loss (and record it in the weights)",
+    )
     g.add_argument("--max-invalid", type=float, default=0.01, help="largest nodata share of a crop")
     g.add_argument("--workers", type=int, default=0, help="data loader processes")
     o = p.add_argument_group("optimisation")
@@ -119,6 +124,7 @@ def settings_from_args(args: argparse.Namespace, method: str, default_name: str)
         ssim_weight=args.ssim_weight,
         fft_weight=args.fft_weight,
         degradation=args.degradation,
+        lr_consistency=args.lr_consistency,
         checkpoint_every=args.checkpoint_every,
         val_every=args.val_every,
         val_crops_per_file=args.val_crops_per_file,

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from backend.inference import describe_device, resolve_device
 from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.model import SlimDiffSRStudent, StudentConfig
+from backend.model.lr_consistency import enforce_lr_consistency
 from backend.training.data import FixedCrops, RasterCropDataset, find_rasters, stable_split
 from backend.training.degradations import make_degrader, network_input
 from backend.training.losses import fft_loss, ssim_loss
@@ -74,6 +75,7 @@ class TrainSettings:
     ssim_weight: float = 0.0
     fft_weight: float = 0.0
     degradation: str = "bicubic"
+    lr_consistency: bool = False  # train with the back-projection step after the network
     checkpoint_every: int = 200
     val_every: int = 200
     val_crops_per_file: int = 2
@@ -230,18 +232,24 @@ class StudentTrainer:
         loader = DataLoader(self.dataset, batch_sampler=index_batches(), num_workers=self.s.workers)
         yield from loader
 
-    def make_pair(self, hr: torch.Tensor, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """HR [0,1] -> (network input, target) in [-1, 1], the LR drawn with a per-step seed."""
+    def make_pair(
+        self, hr: torch.Tensor, step: int, micro: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """HR [0,1] -> (network input, target, LR), all in [-1, 1]; the LR drawn with a per-step seed."""
         generator = torch.Generator().manual_seed(self.s.seed * 1_000_003 + step * 64 + micro)
         lr = self.degrade(hr, generator)
-        return network_input(lr, self.s.scale), hr * 2 - 1
+        return network_input(lr, self.s.scale), hr * 2 - 1, lr * 2 - 1
+
+    def student_image(self, inputs: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """The student's output image in float32, back-projected to ``lr`` when the run asks."""
+        image = self.model(inputs)[1].float()
+        return enforce_lr_consistency(image, lr, self.s.scale) if self.s.lr_consistency else image
 
     def compute_loss(
-        self, inputs: torch.Tensor, target: torch.Tensor
+        self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Image losses on the student's output in [-1, 1] space."""
-        _, image = self.model(inputs)
-        image = image.float()
+        image = self.student_image(inputs, lr)
         parts: dict[str, torch.Tensor] = {"l1": (image - target).abs().mean()}
         if self.s.ssim_weight:
             parts["ssim"] = ssim_loss(image, target)
@@ -256,9 +264,9 @@ class StudentTrainer:
         totals: dict[str, float] = {}
         for micro in range(self.s.grad_accum):
             hr = next(micro_batches).to(self.device, non_blocking=True)
-            inputs, target = self.make_pair(hr, self.step, micro)
+            inputs, target, lr = self.make_pair(hr, self.step, micro)
             with self.autocast():
-                loss, parts = self.compute_loss(inputs, target)
+                loss, parts = self.compute_loss(inputs, target, lr)
             self.scaler.scale(loss / self.s.grad_accum).backward()
             parts["loss"] = float(loss.detach())
             for k, v in parts.items():
@@ -288,8 +296,8 @@ class StudentTrainer:
             lr = self.degrade(hr, torch.Generator().manual_seed(generator_seed + n))
             up = network_input(lr, self.s.scale)
             with self.autocast():
-                _, image = self.model(up)
-            sr = (image.float() / 2 + 0.5).clamp(0, 1)
+                image = self.student_image(up, lr * 2 - 1)
+            sr = (image / 2 + 0.5).clamp(0, 1)
             rows["psnr"].append(psnr(sr, hr))
             rows["ssim"].append(ssim_index(sr, hr))
             rows["psnr_y"].append(psnr(rgb_to_y(sr), rgb_to_y(hr), border=self.s.scale))
@@ -411,6 +419,7 @@ class StudentTrainer:
             "train_files": len(self.dataset.sources),
             "val_files": [Path(p).name for p in self.val_files],
             "degradation": self.degrade.describe(),
+            "lr_consistency": self.s.lr_consistency,
             "crop": self.s.crop,
             "batch_size": self.s.batch_size * self.s.grad_accum,
             "lr": self.s.lr,
@@ -428,7 +437,12 @@ class StudentTrainer:
     def export(self, complete: bool) -> Path:
         path = self.out / f"{self.s.name}.safetensors"
         return save_safetensors(
-            self.model, path, self.s.scale, name=self.s.name, training=self.training_metadata(complete)
+            self.model,
+            path,
+            self.s.scale,
+            name=self.s.name,
+            training=self.training_metadata(complete),
+            lr_consistency=self.s.lr_consistency,
         )
 
     # -- the loop ----------------------------------------------------------------------
