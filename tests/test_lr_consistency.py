@@ -59,7 +59,9 @@ def test_the_output_reduces_to_nearly_the_input() -> None:
 def test_the_weight_file_switches_it_on(tmp_path: Path) -> None:
     plain = load_weights(write_random_weights(tmp_path / "plain.safetensors", TINY, 4))
     assert plain.lr_consistency is False  # release files and older files: off
-    path = save_safetensors(plain.model, tmp_path / "lrc.safetensors", 4, color_match=False, lr_consistency=True)
+    path = save_safetensors(
+        plain.model, tmp_path / "lrc.safetensors", 4, color_match=False, lr_consistency=True
+    )
     loaded = load_weights(path)
     assert loaded.lr_consistency is True
     resolver = SuperResolver.from_weights(loaded, "cpu", "fp32")

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `--help` stays fast (torch and rasterio load in seconds).
     from backend.engine import EngineCancelled, EngineError, Progress, UpscaleOptions, upscale_raster
+    from backend.signals import StopRequest
 
     options = UpscaleOptions(
         weights=args.weights, scale=args.scale, bands=args.bands, all_bands=args.all_bands,
@@ -61,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(p.tiles_done - bar.n)
 
     try:
-        report = upscale_raster(args.input, args.output, None, options, progress=on_progress)
+        # Ctrl-C / SIGTERM stop the run after the current batch (the engine then removes its
+        # temporary output); a second Ctrl-C stops at once.
+        with StopRequest(force_on_repeat=True) as stop:
+            report = upscale_raster(args.input, args.output, None, options, progress=on_progress,
+                                    cancel=lambda: bool(stop))
     except EngineCancelled:
         _close(bar)
         print("cancelled; nothing was written", file=sys.stderr)

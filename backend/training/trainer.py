@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import platform
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from backend.inference import describe_device, resolve_device
 from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.model import SlimDiffSRStudent, StudentConfig
 from backend.model.lr_consistency import enforce_lr_consistency
+from backend.signals import StopRequest
 from backend.training.data import FixedCrops, RasterCropDataset, find_rasters, stable_split
 from backend.training.degradations import make_degrader, network_input
 from backend.training.losses import fft_loss, ssim_loss
@@ -122,29 +122,6 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
 def hardware_summary(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     return f"{describe_device(device)}; {cpu}; torch {torch.__version__}"
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then it checkpoints)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, the budget still applies
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class StudentTrainer:
