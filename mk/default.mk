@@ -3,15 +3,12 @@
 # last call stopped; x4 is 13,000 steps from scratch (101 min on a 2-core CPU, see
 # MODEL_CARD.md). DEFAULT_SCALE=8 fine-tunes the finished x4 run for x8 (2000 steps).
 DEFAULT_SCALE ?= 4
-# The last stage of each recipe (tools/train_default.sh), whose weights are shipped.
-DEFAULT_RUN_4 = build/default_x4_lrc
-DEFAULT_RUN_8 = build/default_x8
 
 .PHONY: train-default evaluate-default
 
 train-default: install
 	SCALE=$(DEFAULT_SCALE) SHARED=$(SHARED) PY=$(PY) bash tools/train_default.sh
-	$(PY) -m backend.default_model finalize $(DEFAULT_RUN_$(DEFAULT_SCALE))/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors \
+	$(PY) -m backend.default_model finalize build/default_x$(DEFAULT_SCALE)/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors \
 	  resources/weights/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors
 
 # Recompute the model card's quality and speed numbers on ../shared/data/eval.

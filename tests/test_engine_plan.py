@@ -113,6 +113,7 @@ def test_default_tile_follows_the_memory_of_the_paper_default() -> None:
     assert default_tile(4) == 192  # the paper's student, batch of four: 768 output pixels
     assert default_tile(4, full_res_width=64, batch=1) == 1536 // 4
     assert default_tile(4, full_res_width=32, batch=1) == 2048 // 4  # capped
+    assert default_tile(4, full_res_width=32, batch=1, max_side=1280) == 1280 // 4  # the CPU's cap
     assert default_tile(8, full_res_width=128, batch=4) == 512 // 8
     # a very wide output: the strip of accumulators (tile + block rows) stays within budget
     wide = default_tile(4, full_res_width=32, batch=1, out_width=16000, bands=3, block=512)

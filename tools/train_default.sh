@@ -1,67 +1,35 @@
 #!/usr/bin/env bash
 # Reproduce a bundled default model: the compact student trained on ../shared/data/train
-# (never eval/) with our supervised trainer, in stages (each its own run folder):
-#   SCALE=4: 1. from scratch, plain L1 (13,000 steps; the untrained student outputs the
-#               bicubic input);
-#            2. fine-tuned with the LR-consistency step in the loss (--lr-consistency), so
-#               the network stops spending capacity on what back-projection restores.
-#   SCALE=8: the finished x4 model fine-tuned for x8, with LR consistency.
-# Resumable: a call continues each unfinished stage from its checkpoint and stops once
-# MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
-# in chunks of under two hours; run it again to continue. Finished stages are skipped.
+# (never eval/) with our supervised trainer.
+#   SCALE=4: from scratch (untrained compact student whose output is the bicubic input).
+#   SCALE=8: fine-tuned from the finished x4 run (same network; the x4 model already
+#            knows how to restore detail, x8 only has to learn the larger gap).
+# Resumable: each call continues from the run folder's checkpoint and stops after
+# MAX_MINUTES (default 110), so a 2-core CPU makes progress in chunks of under two hours;
+# run it again to continue.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}
 SHARED=${SHARED:-../shared}
+RUN=${RUN:-build/default_x${SCALE}}
 MAX_MINUTES=${MAX_MINUTES:-110}
-X4=build/default_x4
-X4_LRC=build/default_x4_lrc
-X8=build/default_x8
-
-finished() {  # weights file -> success if it exists and records a complete run
-  [[ -f $1 ]] && "$PY" - "$1" <<'EOF'
-import sys
-from backend.weights import load_weights
-training = load_weights(sys.argv[1]).metadata.get("training") or {}
-sys.exit(0 if isinstance(training, dict) and training.get("complete") else 1)
-EOF
-}
-
-stage() {  # run-folder name init steps crop batch lr warmup [extra trainer options...]
-  local run=$1 name=$2 init=$3 steps=$4 crop=$5 batch=$6 lr=$7 warmup=$8
-  shift 8
-  if finished "$run/$name.safetensors"; then
-    echo "stage $run: finished"
-    return 0
-  fi
-  local left=$((MAX_MINUTES - SECONDS / 60))
-  if ((left < 5)); then
-    echo "time budget of this call spent; run the same command again to continue"
-    exit 0
-  fi
-  [[ -f $init ]] || { echo "error: $init missing; finish the earlier stage first" >&2; exit 1; }
-  mkdir -p "$run"
-  nice -n "${NICE:-0}" "$PY" -m backend.cli train \
-    --data "$SHARED/data/train" --student compact --init "$init" --scale "$SCALE" \
-    --crop "$crop" --batch-size "$batch" --steps "$steps" --lr "$lr" --warmup "$warmup" \
-    --schedule cosine --precision bf16 --degradation bicubic --seed 2026 --workers 0 \
-    --val-every 500 --checkpoint-every 100 --log-every 50 \
-    --max-minutes "$left" --out "$run" --name "$name" "$@"
-  finished "$run/$name.safetensors" || { echo "stage $run paused; run the same command again to continue"; exit 0; }
-}
-
+mkdir -p "$RUN"
 case "$SCALE" in
   4)
-    mkdir -p "$X4"
-    init="$X4/init_x4.safetensors"
+    STEPS=${STEPS:-13000}; CROP=128; BATCH=8; LR=5e-4; WARMUP=200
+    init="$RUN/init_x4.safetensors"
     [[ -f $init ]] || "$PY" -m backend.default_model init --scale 4 --out "$init"
-    stage "$X4" slimdiffsr_default_x4 "$init" "${STEPS:-13000}" 128 8 5e-4 200
-    stage "$X4_LRC" slimdiffsr_default_x4 "$X4/slimdiffsr_default_x4.safetensors" \
-      "${LRC_STEPS:-5000}" 128 8 2e-4 100 --lr-consistency
     ;;
   8)
-    stage "$X8" slimdiffsr_default_x8 "$X4_LRC/slimdiffsr_default_x4.safetensors" \
-      "${STEPS:-2000}" 192 4 2e-4 100 --lr-consistency
+    STEPS=${STEPS:-2000}; CROP=192; BATCH=4; LR=2e-4; WARMUP=100
+    init=build/default_x4/slimdiffsr_default_x4.safetensors
+    [[ -f $init ]] || { echo "error: $init missing; train the x4 model first (make train-default)" >&2; exit 1; }
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac
+nice -n "${NICE:-0}" "$PY" -m backend.cli train \
+  --data "$SHARED/data/train" --student compact --init "$init" --scale "$SCALE" \
+  --crop "$CROP" --batch-size "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$WARMUP" --schedule cosine \
+  --precision bf16 --degradation bicubic --seed 2026 --workers 0 \
+  --val-every 500 --checkpoint-every 100 --log-every 50 \
+  --max-minutes "$MAX_MINUTES" --out "$RUN" --name "slimdiffsr_default_x${SCALE}"

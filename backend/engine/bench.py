@@ -32,7 +32,7 @@ from affine import Affine
 from backend.engine.compact import CONFIGS, write_random_weights
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import TilePlan, make_plan
-from backend.engine.run import default_batch, default_overlap, default_tile, upscale_raster
+from backend.engine.run import default_batch, default_overlap, default_tile, max_tile_out, upscale_raster
 from backend.inference import SuperResolver
 from backend.weights import load_weights
 
@@ -88,7 +88,8 @@ def throughput(config: str, size: int, scale: int, device: str, precision: str, 
     loaded = load_weights(weights)
     resolver = SuperResolver(loaded.model, scale, device, precision)
     batch = batch or default_batch(resolver.device)
-    tile = default_tile(scale, loaded.model.config.vae_channels, batch)
+    width = loaded.model.config.vae_channels
+    tile = default_tile(scale, width, batch, max_side=max_tile_out(resolver.device))
     plan = make_plan(size, size, scale, tile, default_overlap(scale), resolver.multiple)
     out_px = (size * scale) ** 2
     t_model = model_only_seconds(resolver, plan, batch)

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
         help="compute precision (default: auto = fastest within 1%% of fp32)")
     add("--tile-size", type=int, help="tile size in input pixels (default: the largest that fits the "
-        "memory of the paper student's 768-pixel tiles in fours; 2048 output pixels for the bundled "
-        "model on the CPU)")
+        "memory of the paper student's 768-pixel tiles in fours, at most 2048 output pixels on a GPU "
+        "and 1280 on the CPU)")
     add("--overlap", type=int, help="tile overlap in input pixels (default: 128 output pixels)")
     add("--batch-size", type=int, default=None,
         help="tiles per model call (default: 4 on a GPU, 1 on the CPU)")

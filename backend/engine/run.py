@@ -43,6 +43,11 @@ DEFAULT_TILE_OUT = 768
 models and batches get the tile of the same activation memory (``default_tile``)."""
 MAX_TILE_OUT = 2048
 """Largest automatic tile side in output pixels."""
+MAX_TILE_OUT_CPU = 1280
+"""Largest automatic tile side on the CPU: there the network's speed per pixel falls once a
+tile's activations outgrow the caches (bundled model, bf16, 2 cores: 2.1 output Mpx/s for
+512-1024 px tiles, 2.0 at 1472, 1.5 at 2048), which costs more than the extra overlap of
+smaller tiles."""
 STRIP_BUDGET_MB = 256
 """Memory for the blend accumulators of one strip of tiles across the output."""
 FULL_RES_WIDTH = 64
@@ -65,8 +70,14 @@ def default_batch(device: torch.device) -> int:
     return DEFAULT_BATCH if device.type == "cuda" else 1
 
 
+def max_tile_out(device: torch.device) -> int:
+    """The automatic tile's upper bound in output pixels on ``device``."""
+    return MAX_TILE_OUT if device.type == "cuda" else MAX_TILE_OUT_CPU
+
+
 def default_tile(scale: int, full_res_width: int = FULL_RES_WIDTH, batch: int = DEFAULT_BATCH,
-                 out_width: int | None = None, bands: int = 3, block: int = 512) -> int:
+                 out_width: int | None = None, bands: int = 3, block: int = 512,
+                 max_side: int = MAX_TILE_OUT) -> int:
     """Default tile in input pixels: the largest one whose full-resolution activations
     (side^2 x width x batch) stay within those of the paper's student at 768 px x 4, and
     whose strip of blend accumulators across the output (side + block rows x ``out_width``
@@ -75,13 +86,14 @@ def default_tile(scale: int, full_res_width: int = FULL_RES_WIDTH, batch: int = 
     Larger tiles waste less of the network's work on overlaps (a 1024^2 raster at x4 in
     768 px tiles computes 1.41x its area, in 2048 px tiles 1.14x), so a narrower model or a
     batch of one gets the larger tile the same memory allows; the strip bound keeps memory
-    independent of the raster's width as well as of its height.
+    independent of the raster's width as well as of its height. ``max_side`` caps it
+    (:func:`max_tile_out`).
     """
     budget = DEFAULT_TILE_OUT**2 * FULL_RES_WIDTH * DEFAULT_BATCH
     side = int((budget / (max(1, full_res_width) * max(1, batch))) ** 0.5)
     if out_width:
         side = min(side, STRIP_BUDGET_MB * 2**20 // (out_width * max(1, bands) * 4) - block)
-    side = min(MAX_TILE_OUT, max(DEFAULT_TILE_OUT // 4, side // 64 * 64))
+    side = min(max_side, max(DEFAULT_TILE_OUT // 4, side // 64 * 64))
     return max(16, side // scale)
 
 
@@ -120,7 +132,8 @@ def upscale_raster(
         batch = options.batch_size or default_batch(resolver.device)
         width = resolver.model.config.vae_channels
         tile = options.tile_size or default_tile(
-            scale, width, batch, info.width * scale, len(info.bands), options.block_size
+            scale, width, batch, info.width * scale, len(info.bands), options.block_size,
+            max_tile_out(resolver.device),
         )
         overlap = options.overlap if options.overlap is not None else default_overlap(scale)
         if tile < 8 or overlap < 0:
