@@ -31,7 +31,7 @@ def test_a_consistent_image_is_left_unchanged() -> None:
 
 
 def test_a_brightness_drift_is_removed_and_detail_kept() -> None:
-    """The failure it exists for: a network output offset in brightness on some scene."""
+    """An error the input can see (here a brightness offset) is removed exactly."""
     hr = smooth_image(64, 64, seed=1)
     lr = reduce(hr, 4)
     drifted = hr + torch.tensor([0.08, -0.05, 0.03]).view(1, 3, 1, 1)

@@ -6,7 +6,8 @@
 #            knows how to restore detail, x8 only has to learn the larger gap).
 # Resumable: each call continues from the run folder's checkpoint and stops after
 # MAX_MINUTES (default 110), so a 2-core CPU makes progress in chunks of under two hours;
-# run it again to continue.
+# run it again to continue. `make train-default` then ships the run's weights with
+# color_match false and lr_consistency true (python -m backend.default_model finalize).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}

@@ -1,20 +1,21 @@
 """LR consistency: make the restored image agree with its input when reduced again.
 
 A super-resolved image is only faithful if reducing it gives back the low-resolution
-input. The network alone does not guarantee that: a small network drifts in brightness or
-colour on scenes unlike its training data (measured on a bright, low-contrast NEON plot:
-a -0.018 offset in luma, 1.9 dB below bicubic). One back-projection step (Irani & Peleg's
-iterative back-projection; the consistency-enforcing module of Bahat & Michaeli, "Explorable
-Super Resolution", CVPR 2020) removes that low-frequency error and keeps the restored high
-frequencies:
+input; for GIS work that is also what keeps the output's radiometry tied to the source.
+The network alone does not guarantee it. One back-projection step (Irani & Peleg's
+iterative back-projection; the consistency-enforcing module of Bahat & Michaeli,
+"Explorable Super Resolution", CVPR 2020) removes the error the input can see and keeps
+the restored high frequencies:
 
     sr <- sr + enlarge(lr - reduce(sr))
 
-``reduce`` is the degradation the model was trained for (antialiased bicubic reduction);
-``enlarge`` is the bicubic upsampling that also makes the network's input. The step is
-linear and differentiable, so a model can be trained with it in the loop and then spends
-its capacity on detail only. Both operators are local (a few input pixels of support), so
-tiles with an overlap give the same result as the whole image.
+``reduce`` is the degradation the model is trained and judged on (antialiased bicubic
+reduction); ``enlarge`` is the bicubic upsampling that also makes the network's input.
+Measured with the bundled models on ../shared/data/eval: +0.05 dB PSNR-Y at x4 and
++0.06 dB at x8 on bicubic-degraded input, +0.07 dB on realistically degraded input, for
+about 7 % more time per tile. The step is linear and differentiable, so a model can also
+be trained with it in the loop. Both operators reach a few input pixels, so overlapping
+tiles give the same result as the whole image.
 """
 
 from __future__ import annotations
