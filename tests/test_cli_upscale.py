@@ -83,7 +83,8 @@ def test_usage_error_exits_2() -> None:
     assert r.returncode == 2
 
 
-def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path, sig: int) -> None:
     src = raster(tmp_path / "in.tif", 400)
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "upscale", str(src), str(tmp_path / "out.tif"), "--weights",
@@ -94,7 +95,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path) -> N
     while not any(p.name.endswith(".part.tif") for p in tmp_path.iterdir()):  # the main pass has begun
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "cancelled" in err and "Traceback" not in err
