@@ -4,8 +4,6 @@
 #   SCALE=4: from scratch (untrained compact student whose output is the bicubic input).
 #   SCALE=8: fine-tuned from the finished x4 run (same network; the x4 model already
 #            knows how to restore detail, x8 only has to learn the larger gap).
-#   KIND=realistic (x4): the finished x4 run fine-tuned on Real-ESRGAN second-order LR
-#            (blur, noise, JPEG), for imagery that is not a clean reduction.
 # Resumable: each call continues from the run folder's checkpoint and stops after
 # MAX_MINUTES (default 110), so a 2-core CPU makes progress in chunks of under two hours;
 # run it again to continue. `make train-default` then ships the run's weights with
@@ -14,32 +12,25 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}
 SHARED=${SHARED:-../shared}
-KIND=${KIND:-default}
-RUN=${RUN:-build/${KIND}_x${SCALE}}
+RUN=${RUN:-build/default_x${SCALE}}
 MAX_MINUTES=${MAX_MINUTES:-110}
-DEGRADATION=bicubic
 mkdir -p "$RUN"
-case "$KIND/$SCALE" in
-  default/4)
+case "$SCALE" in
+  4)
     STEPS=${STEPS:-13000}; CROP=128; BATCH=8; LR=5e-4; WARMUP=200
     init="$RUN/init_x4.safetensors"
     [[ -f $init ]] || "$PY" -m backend.default_model init --scale 4 --out "$init"
     ;;
-  default/8)
+  8)
     STEPS=${STEPS:-2000}; CROP=192; BATCH=4; LR=2e-4; WARMUP=100
     init=build/default_x4/slimdiffsr_default_x4.safetensors
     [[ -f $init ]] || { echo "error: $init missing; train the x4 model first (make train-default)" >&2; exit 1; }
     ;;
-  realistic/4)
-    STEPS=${STEPS:-5000}; CROP=128; BATCH=8; LR=2e-4; WARMUP=100; DEGRADATION=realesrgan
-    init=build/default_x4/slimdiffsr_default_x4.safetensors
-    [[ -f $init ]] || { echo "error: $init missing; train the x4 model first (make train-default)" >&2; exit 1; }
-    ;;
-  *) echo "error: use SCALE=4 or 8 (KIND=default), or KIND=realistic with SCALE=4" >&2; exit 2 ;;
+  *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac
 nice -n "${NICE:-0}" "$PY" -m backend.cli train \
   --data "$SHARED/data/train" --student compact --init "$init" --scale "$SCALE" \
   --crop "$CROP" --batch-size "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$WARMUP" --schedule cosine \
-  --precision bf16 --degradation "$DEGRADATION" --seed 2026 --workers 0 \
+  --precision bf16 --degradation bicubic --seed 2026 --workers 0 \
   --val-every 500 --checkpoint-every 100 --log-every 50 \
-  --max-minutes "$MAX_MINUTES" --out "$RUN" --name "slimdiffsr_${KIND}_x${SCALE}"
+  --max-minutes "$MAX_MINUTES" --out "$RUN" --name "slimdiffsr_default_x${SCALE}"
