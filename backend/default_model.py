@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
+from backend.model.lr_consistency import enlarge
 from backend.weights import default_weights_path, load_weights, save_safetensors
 
 # Eval images are cropped (centre) to at most this many HR pixels a side, to bound time.
@@ -96,7 +96,7 @@ def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> di
             sr = resolver.super_resolve(lr[0].permute(1, 2, 0).numpy())
             seconds += time.perf_counter() - start
             pixels += sr.shape[0] * sr.shape[1]
-            bicubic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+            bicubic = enlarge(lr, scale)
             outputs = {
                 "bicubic": bicubic.clamp(0, 1),
                 "lanczos": lanczos_upsample(lr, scale),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model import SlimDiffSRStudent
-from backend.model.lr_consistency import enforce_lr_consistency
+from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.weights import LoadedWeights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -263,7 +263,7 @@ class SuperResolver:
     @torch.inference_mode()
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
         """Bicubic x scale (torch's a=-0.75, align_corners=False, as the release)."""
-        return F.interpolate(lr.float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return enlarge(lr.float(), self.scale)
 
     @torch.inference_mode()
     def restore(self, up: torch.Tensor, pad_multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

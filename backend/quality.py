@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from backend.metrics import Y_WEIGHTS
 from backend.metrics import ssim as ssim_metric
+from backend.model.lr_consistency import enlarge, reduce
 
 MIN_SAMPLE_LR = 16  # the degraded sample must keep at least this many pixels per side
 PANEL_GAP = 8
@@ -110,13 +110,11 @@ def _to_image(t: torch.Tensor) -> np.ndarray:
 
 def degrade(hr: np.ndarray, scale: int) -> np.ndarray:
     """HxWxC in [0, 1] (H, W multiples of scale) -> antialiased bicubic downsampling."""
-    h, w = hr.shape[:2]
-    lr = F.interpolate(_to_tensor(hr), size=(h // scale, w // scale), mode="bicubic", antialias=True)
-    return _to_image(lr)
+    return _to_image(reduce(_to_tensor(hr), scale))
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    return _to_image(F.interpolate(_to_tensor(lr), scale_factor=scale, mode="bicubic", align_corners=False))
+    return _to_image(enlarge(_to_tensor(lr), scale))
 
 
 # -- reading the sample -------------------------------------------------------------------

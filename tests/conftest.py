@@ -52,3 +52,23 @@ def tiny_weights(tmp_path: Path, tiny_config) -> Path:
     torch.manual_seed(0)
     model = SlimDiffSRStudent(tiny_config)
     return save_safetensors(model, tmp_path / "tiny_x4.safetensors", 4, name="tiny test model")
+
+
+@pytest.fixture()
+def rgb_crop(fixtures_dir: Path, tmp_path: Path):
+    """``make(size, name)`` -> (path, data): a georeferenced 3-band uint8 crop of the real
+    orthophoto (a fully opaque area) written to ``tmp_path``."""
+    import rasterio
+
+    def make(size: int, name: str = "rgb.tif"):
+        with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
+            win = rasterio.windows.Window(0, 0, size, size)
+            data = src.read([1, 2, 3], window=win)
+            profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+                       "crs": src.crs, "transform": src.window_transform(win)}
+        path = tmp_path / name
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path, data
+
+    return make

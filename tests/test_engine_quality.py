@@ -32,24 +32,11 @@ def residual(tmp_path: Path) -> SuperResolver:
     return SuperResolver(loaded.model, loaded.scale, "cpu", "fp32")
 
 
-def rgb_crop(fixtures_dir: Path, tmp_path: Path, size: int, name: str = "rgb.tif") -> tuple[Path, np.ndarray]:
-    """A 3-band uint8 crop of the real orthophoto (fully opaque area), georeferenced."""
-    with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
-        win = rasterio.windows.Window(0, 0, size, size)
-        data = src.read([1, 2, 3], window=win)
-        profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-                   "crs": src.crs, "transform": src.window_transform(win)}
-    path = tmp_path / name
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path, data
-
-
 @pytest.mark.parametrize("color_match", [True, False])
-def test_one_tile_equals_the_release_pipeline(fixtures_dir: Path, tmp_path: Path,
+def test_one_tile_equals_the_release_pipeline(rgb_crop, tmp_path: Path,
                                               resolver: SuperResolver, color_match: bool) -> None:
     resolver.color_match = color_match  # weights may ship with ``color_match: false``
-    src, data = rgb_crop(fixtures_dir, tmp_path, 64)
+    src, data = rgb_crop(64)
     report = upscale_raster(src, tmp_path / "out.tif", resolver, UpscaleOptions(tile_size=64, overlap=8))
     assert report.tiles == 1
     with rasterio.open(tmp_path / "out.tif") as dst:
@@ -61,10 +48,10 @@ def test_one_tile_equals_the_release_pipeline(fixtures_dir: Path, tmp_path: Path
     assert (engine != expected).mean() < 0.01
 
 
-def test_tiled_agrees_with_single_tile_without_seams(fixtures_dir: Path, tmp_path: Path,
+def test_tiled_agrees_with_single_tile_without_seams(rgb_crop, tmp_path: Path,
                                                      residual: SuperResolver) -> None:
     resolver = residual
-    src, _ = rgb_crop(fixtures_dir, tmp_path, 160)
+    src, _ = rgb_crop(160)
     single = upscale_raster(src, tmp_path / "single.tif", resolver, UpscaleOptions(tile_size=160))
     assert single.tiles == 1
     tiled = upscale_raster(src, tmp_path / "tiled.tif", resolver, UpscaleOptions(tile_size=64, overlap=16))
@@ -84,9 +71,9 @@ def test_tiled_agrees_with_single_tile_without_seams(fixtures_dir: Path, tmp_pat
     assert hard_ratio > ratio, (hard_ratio, ratio)
 
 
-def test_all_nodata_windows_skip_the_model(fixtures_dir: Path, tmp_path: Path,
+def test_all_nodata_windows_skip_the_model(rgb_crop, tmp_path: Path,
                                            resolver: SuperResolver) -> None:
-    _, data = rgb_crop(fixtures_dir, tmp_path, 128)
+    _, data = rgb_crop(128)
     data = data.copy()
     data[:, :, :64] = 0  # left half nodata
     data[data == 0] = 0

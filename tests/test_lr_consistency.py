@@ -75,20 +75,13 @@ def test_the_weight_file_switches_it_on(tmp_path: Path) -> None:
     assert np.abs(batch[0] - resolver.super_resolve(lr, pad_multiple=resolver.multiple)).max() < 1e-5
 
 
-def test_tiles_agree_with_the_whole_image(fixtures_dir: Path, tmp_path: Path) -> None:
+def test_tiles_agree_with_the_whole_image(rgb_crop, tmp_path: Path) -> None:
     """Back-projection is local: overlapping tiles give the single-tile result."""
     loaded = load_weights(write_random_weights(tmp_path / "w.safetensors", TINY, 4))
     resolver = SuperResolver(loaded.model, 4, "cpu", "fp32", color_match=False, lr_consistency=True)
-    with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
-        win = rasterio.windows.Window(0, 0, 160, 160)
-        data = src.read([1, 2, 3], window=win)
-        profile = {"driver": "GTiff", "width": 160, "height": 160, "count": 3, "dtype": "uint8",
-                   "crs": src.crs, "transform": src.window_transform(win)}
-    with rasterio.open(tmp_path / "in.tif", "w", **profile) as dst:
-        dst.write(data)
-    upscale_raster(tmp_path / "in.tif", tmp_path / "one.tif", resolver, UpscaleOptions(tile_size=160))
-    report = upscale_raster(tmp_path / "in.tif", tmp_path / "many.tif", resolver,
-                            UpscaleOptions(tile_size=64, overlap=16))
+    src, data = rgb_crop(160, "in.tif")
+    upscale_raster(src, tmp_path / "one.tif", resolver, UpscaleOptions(tile_size=160))
+    report = upscale_raster(src, tmp_path / "many.tif", resolver, UpscaleOptions(tile_size=64, overlap=16))
     assert report.tiles > 1
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "many.tif") as b:
         one, many = a.read().astype(np.float64), b.read().astype(np.float64)

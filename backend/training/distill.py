@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from backend.model.lr_consistency import enforce_lr_consistency
 from backend.training.losses import (
     PatchDiscriminator,
     feature_mmd,
@@ -120,12 +119,9 @@ class DistillTrainer(StudentTrainer):
         self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         e = self.s.extra
-        z_student, image = self.model(inputs)
+        z_student, image = self.student_output(inputs, lr)
         t_features, t_image = self.teacher_features(inputs)
         generator = torch.Generator().manual_seed(self.s.seed + 7919 * self.step)
-        image = image.float()
-        if self.s.lr_consistency:
-            image = enforce_lr_consistency(image, lr, self.s.scale)
         parts: dict[str, torch.Tensor] = {
             "mmd": feature_mmd(z_student.float(), t_features.float(), e["mmd_samples"], generator),
             "l1": (image - target).abs().mean(),

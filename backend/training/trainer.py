@@ -217,16 +217,20 @@ class StudentTrainer:
         lr = self.degrade(hr, generator)
         return network_input(lr, self.s.scale), hr * 2 - 1, lr * 2 - 1
 
-    def student_image(self, inputs: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """The student's output image in float32, back-projected to ``lr`` when the run asks."""
-        image = self.model(inputs)[1].float()
-        return enforce_lr_consistency(image, lr, self.s.scale) if self.s.lr_consistency else image
+    def student_output(self, inputs: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's ``(z_denoised, image)``, the image in float32 and back-projected to
+        ``lr`` when the run asks (every trainer's losses see the image inference delivers)."""
+        z, image = self.model(inputs)
+        image = image.float()
+        if self.s.lr_consistency:
+            image = enforce_lr_consistency(image, lr, self.s.scale)
+        return z, image
 
     def compute_loss(
         self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Image losses on the student's output in [-1, 1] space."""
-        image = self.student_image(inputs, lr)
+        _, image = self.student_output(inputs, lr)
         parts: dict[str, torch.Tensor] = {"l1": (image - target).abs().mean()}
         if self.s.ssim_weight:
             parts["ssim"] = ssim_loss(image, target)
@@ -273,7 +277,7 @@ class StudentTrainer:
             lr = self.degrade(hr, torch.Generator().manual_seed(generator_seed + n))
             up = network_input(lr, self.s.scale)
             with self.autocast():
-                image = self.student_image(up, lr * 2 - 1)
+                _, image = self.student_output(up, lr * 2 - 1)
             sr = (image / 2 + 0.5).clamp(0, 1)
             rows["psnr"].append(psnr(sr, hr))
             rows["ssim"].append(ssim_index(sr, hr))
