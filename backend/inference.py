@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model import SlimDiffSRStudent
+from backend.model.fused_student import FusedStudent
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.weights import LoadedWeights
 
@@ -193,11 +194,14 @@ class SuperResolver:
         re-casts every weight on every call, at the same error). On CUDA, reduced precision
         uses autocast, which keeps normalisations and reductions in fp32.
         """
-        model: nn.Module = self.model
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         cast_weights = dtype is not None and self.device.type == "cpu"
+        # Fused before any cast, so the composed kernels come from the fp32 weights.
+        model: nn.Module = FusedStudent(copy.deepcopy(self.model) if cast_weights else self.model)
         if cast_weights:
-            model = copy.deepcopy(self.model).to(dtype)
+            model = model.to(dtype)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if self.compile:
             model = torch.compile(model)
 

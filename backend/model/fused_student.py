@@ -1,0 +1,30 @@
+"""The student's inference form: the same function, with its linear chains fused."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from backend.model.conv_fusion import fuse_linear_chains
+from backend.model.student import SlimDiffSRStudent
+
+
+class FusedStudent(nn.Module):
+    """A SlimDiffSRStudent whose tiny-autoencoder slices run through LinearConvChains.
+
+    Shares the UNet and merge convolutions with the student it wraps (the weight file's
+    layout stays the student's); built per inference network, never trained.
+    """
+
+    def __init__(self, student: SlimDiffSRStudent) -> None:
+        super().__init__()
+        self.student = student
+        self.config = student.config
+        self.encoder = fuse_linear_chains(student.vae.encoder.layers[:-1])
+        self.decoder = fuse_linear_chains(student.vae.decoder.layers[1:])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``SlimDiffSRStudent.forward``: (z_denoised, image)."""
+        z = self.student.denoise(self.encoder(image))
+        out = self.decoder(z)
+        return z, out + image if self.config.input_residual else out
