@@ -69,19 +69,23 @@ class Qgis:
         enabled = self.process("plugins", "enable", "slimdiffsr", json_output=False)
         assert enabled.returncode == 0, enabled.stderr + enabled.stdout
 
-    def process(self, *args: str, json_output: bool = True, timeout: int = 600, **env: str):
+    def process(
+        self, *args: str, json_output: bool = True, timeout: int = 600, cwd: Path | None = None, **env: str
+    ):
         cmd = [str(QGIS_PROCESS), *(["--json"] if json_output else []), *args]
         return subprocess.run(
             cmd,
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=cwd,
             env=_qgis_env(self.profile, self.plugins, **env),
         )
 
-    def run(self, algorithm: str, params: dict[str, object], **env: str):
+    def run(self, algorithm: str, params: dict[str, object], cwd: Path | None = None, **env: str):
         """``qgis_process --json run``; returns (completed process, parsed stdout or None)."""
-        proc = self.process("run", algorithm, "--", *[f"{k}={v}" for k, v in params.items()], **env)
+        args = [f"{k}={v}" for k, v in params.items()]
+        proc = self.process("run", algorithm, "--", *args, cwd=cwd, **env)
         try:
             parsed = json.loads(proc.stdout) if proc.stdout.strip() else None
         except ValueError:
@@ -296,6 +300,31 @@ def test_full_run_keeps_size_transform_and_custom_crs(qgis: Qgis, rasters, tiny_
     assert_upscaled(rasters["custom"], out, 4, 3)
     with rasterio.open(out) as dst:
         assert dst.crs.to_epsg() is None and "Albers" in dst.crs.to_wkt()
+
+
+def test_paths_relative_to_the_working_directory(qgis: Qgis, rasters, tiny_x4, tmp_path) -> None:
+    """``qgis_process run ... INPUT=scene.tif`` from the data folder: the worker, which runs
+    in the plugin folder, must still find the input and weights and write the output here."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(rasters["utm"], work / "scene.tif")
+    shutil.copy(tiny_x4, work / "model.safetensors")
+    proc, result = qgis.run(
+        "slimdiffsr:upscale",
+        {"INPUT": "scene.tif", "WEIGHTS": "model.safetensors", "DEVICE": 1, "OUTPUT": "sr.tif"},
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_upscaled(work / "scene.tif", work / "sr.tif", 4, 3)
+    write_raster(work / "q.tif", image(160, 160, 3, 5), CRS.from_epsg(32618), from_origin(300_000, 4e6, 30, 30))
+    report = work / "report.html"
+    proc, _ = qgis.run(
+        "slimdiffsr:assess",
+        {"INPUT": "q.tif", "WEIGHTS": "model.safetensors", "DEVICE": 1, "OUTPUT_HTML": "report.html"},
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report.stat().st_size > 0
 
 
 def test_release_checkpoint_as_weights(qgis: Qgis, rasters, tmp_path) -> None:

@@ -55,7 +55,8 @@ class FrequencySeparableConv(nn.Module):
         low = self.low_branch(x)
         high = self.high_branch(x - low)
         w = _branch_weights(self.mlp, x)
-        return self.bottleneck(w[:, 0:1] * low + w[:, 1:2] * high)
+        # w0 * low + w1 * high without two more full-size temporaries.
+        return self.bottleneck(low.mul_(w[:, 0:1]).addcmul_(high, w[:, 1:2]))
 
 
 class DirectionSeparableConv(nn.Module):
@@ -75,7 +76,8 @@ class DirectionSeparableConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fh = self.h_conv(x)
-        fhv = self.v_conv(fh)
-        fv = self.v_conv(x)
         w = _branch_weights(self.mlp, x)
-        return self.conv_expand(self.conv_reduce(w[:, 0:1] * fh + w[:, 1:2] * fhv + w[:, 2:3] * fv))
+        # w0 fh + w1 v(fh) + w2 v(x) = w0 fh + v(w1 fh + w2 x): v is linear (no bias) and
+        # the weights are constant over the image, so one v pass serves both branches.
+        both = self.v_conv(torch.addcmul(fh * w[:, 1:2], x, w[:, 2:3]))
+        return self.conv_expand(self.conv_reduce(both.addcmul_(fh, w[:, 0:1])))

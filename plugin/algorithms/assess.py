@@ -16,7 +16,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .base import SlimDiffSRAlgorithm, tr
+from .base import SlimDiffSRAlgorithm, absolute, tr
 
 
 class AssessAlgorithm(SlimDiffSRAlgorithm):
@@ -99,8 +99,8 @@ class AssessAlgorithm(SlimDiffSRAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             if not extent.isNull() and not extent.isEmpty():
                 bounds = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
-        html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
-        png = self.parameterAsFileOutput(parameters, self.OUTPUT_PNG, context) or None
+        html = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context))
+        png = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT_PNG, context)) or None
         options.update(
             bounds=bounds,
             sample_size=self.parameterAsInt(parameters, self.SAMPLE_SIZE, context),

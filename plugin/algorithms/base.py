@@ -44,6 +44,20 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("SlimDiffSR", text)
 
 
+def absolute(path: str) -> str:
+    """A file path the worker can open.
+
+    The worker runs in the plugin folder, so a path relative to QGIS's working directory
+    (``qgis_process run ... INPUT=scene.tif``) must reach it absolute. GDAL data source
+    strings (``/vsizip/...``, ``NETCDF:file.nc:var``) are not files and pass unchanged.
+    """
+    if not path or Path(path).is_absolute() or path.startswith("/vsi"):
+        return path
+    if ":" in path and not Path(path).exists():
+        return path
+    return str(Path(path).absolute())
+
+
 def parse_bands(text: str) -> list[int] | None:
     """'4,3,2' -> [4, 3, 2]; '' -> None. Raises ValueError with a readable message."""
     text = (text or "").strip()
@@ -145,7 +159,7 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
 
     def model_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """The request fields both algorithms share (None = the backend's default)."""
-        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        weights = absolute(self.parameterAsFile(parameters, self.WEIGHTS, context)) or None
         if weights and not Path(weights).is_file():
             raise QgsProcessingException(tr(f"weights file not found: {weights}; check the path"))
         try:
@@ -170,7 +184,7 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 tr(f"'{layer.name()}' is not a file-based raster; save it as a GeoTIFF first")
             )
-        return layer, layer.source()
+        return layer, absolute(layer.source())
 
     def run_worker(self, request: dict[str, Any], feedback: QgsProcessingFeedback) -> dict[str, Any]:
         """The worker call with its failures turned into QgsProcessingException."""

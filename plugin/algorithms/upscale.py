@@ -15,7 +15,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .base import SlimDiffSRAlgorithm, tr
+from .base import SlimDiffSRAlgorithm, absolute, tr
 
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
 
@@ -147,7 +147,7 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         layer, source = self.input_path(parameters, context)
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        output = absolute(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         if Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
             raise QgsProcessingException(
                 tr(f"output '{Path(output).name}' is not a GeoTIFF; SlimDiffSR writes .tif files only")
