@@ -22,10 +22,11 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
+from backend.engine.margin import edge_profile, receptive_margin, reference_image
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.lr_consistency import enlarge
-from backend.weights import default_weights_path, load_weights, save_safetensors
+from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 
 # Eval images are cropped (centre) to at most this many HR pixels a side, to bound time.
 EVAL_MAX_SIDE = 512
@@ -138,6 +139,7 @@ def finalize(trained: Path, out: Path) -> Path:
         )
     if isinstance(training, dict):
         training = {**training, "recipe": "make train-default (tools/train_default.sh)"}
+    margin = measure_margin(loaded)
     return save_safetensors(
         loaded.model,
         out,
@@ -147,8 +149,24 @@ def finalize(trained: Path, out: Path) -> Path:
         training=training if isinstance(training, dict) else {"summary": str(training)},
         color_match=False,
         lr_consistency=True,
-        extra={"model_card": "MODEL_CARD.md", "license": "MIT (weights); training data licences: MANIFEST"},
+        extra={
+            "model_card": "MODEL_CARD.md",
+            "license": "MIT (weights); training data licences: MANIFEST",
+            "receptive_margin": str(margin),
+        },
     )
+
+
+def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> int:
+    """The trained model's receptive margin (output px) on a real image, as the engine runs it.
+
+    Recorded in the shipped file so the engine's default overlap fits this model rather
+    than the paper's much deeper student.
+    """
+    resolver = SuperResolver.from_weights(loaded, "cpu", "fp32")
+    lr = torch.from_numpy(reference_image(size))[None] * 2 - 1
+    margin, _ = receptive_margin(edge_profile(resolver, lr, tile))
+    return margin
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,6 +145,7 @@ class SuperResolver:
         compile: bool = False,
         color_match: bool = True,
         lr_consistency: bool = False,
+        receptive_margin: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -159,6 +160,9 @@ class SuperResolver:
         self.compile = compile
         self.color_match = color_match
         self.lr_consistency = lr_consistency
+        # Measured output pixels of context a tile edge affects (weights metadata); the
+        # engine's default overlap follows it.
+        self.receptive_margin = receptive_margin
         self.multiple = model.config.downscale
         self.probe_error: float | None = None
         self.precision, network = self._choose_precision(precision)
@@ -170,7 +174,8 @@ class SuperResolver:
     def from_weights(
         cls, loaded: LoadedWeights, device: str = "auto", precision: str = "auto"
     ) -> SuperResolver:
-        """A resolver configured as the weight file says (scale, colour match, LR consistency)."""
+        """A resolver configured as the weight file says (scale, colour match, LR consistency,
+        receptive margin)."""
         return cls(
             loaded.model,
             loaded.scale,
@@ -178,6 +183,7 @@ class SuperResolver:
             precision,
             color_match=loaded.color_match,
             lr_consistency=loaded.lr_consistency,
+            receptive_margin=loaded.receptive_margin,
         )
 
     # -- precision ---------------------------------------------------------------------

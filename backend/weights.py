@@ -61,6 +61,16 @@ class LoadedWeights:
         return str(self.metadata.get("lr_consistency", "false")).lower() in ("true", "1", "yes")
 
     @property
+    def receptive_margin(self) -> int | None:
+        """Output pixels into a tile that still see beyond its edge, measured on this model
+        (``receptive_margin``, see backend/engine/margin.py); None when not recorded."""
+        try:
+            value = int(self.metadata["receptive_margin"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return value if value >= 0 else None
+
+    @property
     def description(self) -> str:
         name = self.metadata.get("name") or Path(self.source).name
         return f"{name} (x{self.scale})"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.default_model import evaluate, finalize, initial_student
+from backend.default_model import evaluate, finalize, initial_student, measure_margin
+from backend.engine.run import default_overlap
 from backend.model import COMPACT_STUDENT
 from backend.weights import default_weights_path, load_weights, save_safetensors
 
@@ -28,6 +29,7 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
     assert shipped.color_match is False and shipped.scale == 4
     assert shipped.lr_consistency is True  # the model card's numbers include the step
     assert shipped.metadata["training"]["recipe"].startswith("make train-default")
+    assert shipped.receptive_margin == measure_margin(shipped)  # measured on the shipped model
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in shipped.model.state_dict().items())
     training = {"complete": False, "steps": 3, "steps_planned": 9}
     partial = save_safetensors(model, tmp_path / "part_x4.safetensors", 4, training=training)
@@ -43,6 +45,9 @@ def test_bundled_model_is_described_and_beats_bicubic_on_eval(shared_data: Path)
     assert loaded.model.config == COMPACT_STUDENT
     assert loaded.color_match is False and loaded.lr_consistency is True
     assert default_weights_path(4).stat().st_size < 20 * 1024 * 1024
+    # Recorded margin (9 output px when measured) -> the engine's 64 px default overlap.
+    assert loaded.receptive_margin == measure_margin(loaded)
+    assert 0 < loaded.receptive_margin < 32 and default_overlap(4, loaded.receptive_margin) == 16
     report = evaluate(default_weights_path(4), shared_data / "eval", 4)
     metrics = report["metrics"]
     gain = metrics["bicubic-degraded/model"]["psnr_y"] - metrics["bicubic-degraded/bicubic"]["psnr_y"]
@@ -58,6 +63,7 @@ def test_bundled_x8_model_is_described_and_beats_bicubic_on_eval(shared_data: Pa
     assert loaded.scale == 8 and loaded.model.config == COMPACT_STUDENT
     assert loaded.color_match is False and loaded.lr_consistency is True
     assert loaded.metadata["training"]["started_from"] != "random initialisation"
+    assert 0 < loaded.receptive_margin < 32 and default_overlap(8, loaded.receptive_margin) == 8
     report = evaluate(default_weights_path(8), shared_data / "eval", 8)
     metrics = report["metrics"]
     gain = metrics["bicubic-degraded/model"]["psnr_y"] - metrics["bicubic-degraded/bicubic"]["psnr_y"]

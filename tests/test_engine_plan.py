@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from backend.engine import Blender, make_plan
+from backend.engine.margin import receptive_margin
 from backend.engine.plan import axis_starts, balanced_tile
+from backend.engine.run import default_overlap
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(100, 32, 8), (250, 128, 16), (129, 128, 16), (32, 32, 8),
@@ -119,3 +121,40 @@ def test_default_tile_follows_the_memory_of_the_paper_default() -> None:
     wide = default_tile(4, full_res_width=32, batch=1, out_width=16000, bands=3, block=512)
     assert (4 * wide + 512) * 16000 * 3 * 4 <= 256 * 2**20
     assert wide < 2048 // 4
+
+
+def test_receptive_margin_is_the_first_ring_at_the_interior_floor() -> None:
+    # Edge effect falling to a floor of 1.0, then interior rings wobbling around it.
+    profile = [20.0, 8.0, 3.0, 1.6, 1.4, 1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0, 1.7, 1.0, 0.9, 1.0]
+    margin, floor = receptive_margin(profile)
+    assert floor == pytest.approx(1.0)
+    assert margin == 4  # 1.4 <= 1.5 x floor; the 1.7 deep inside does not count
+
+
+def test_default_overlap_follows_the_recorded_margin() -> None:
+    assert default_overlap(4) == 32 and default_overlap(8) == 16  # paper's student: 128 px
+    assert default_overlap(4, 9) == 16 and default_overlap(8, 16) == 8  # at least 64 px
+    assert default_overlap(4, 40) == 20  # twice a wider margin
+
+
+def test_engine_takes_its_default_overlap_from_the_weights(tmp_path, tiny_weights) -> None:
+    import rasterio
+    from affine import Affine
+
+    from backend.engine import UpscaleOptions, upscale_raster
+    from backend.inference import SuperResolver
+    from backend.weights import load_weights
+
+    src = tmp_path / "in.tif"
+    data = np.random.default_rng(0).integers(0, 255, (3, 160, 160), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 160, "height": 160, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": Affine(10, 0, 0, 0, -10, 0)}
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(data)
+    resolver = SuperResolver.from_weights(load_weights(tiny_weights), "cpu", "fp32")
+    assert resolver.receptive_margin is None
+    report = upscale_raster(src, tmp_path / "a.tif", resolver, UpscaleOptions(tile_size=96))
+    assert report.overlap == 32
+    resolver.receptive_margin = 9
+    report = upscale_raster(src, tmp_path / "b.tif", resolver, UpscaleOptions(tile_size=96))
+    assert report.overlap == 16

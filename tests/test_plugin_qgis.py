@@ -316,7 +316,8 @@ def test_paths_relative_to_the_working_directory(qgis: Qgis, rasters, tiny_x4, t
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_upscaled(work / "scene.tif", work / "sr.tif", 4, 3)
-    write_raster(work / "q.tif", image(160, 160, 3, 5), CRS.from_epsg(32618), from_origin(300_000, 4e6, 30, 30))
+    origin = from_origin(300_000, 4_000_000, 30, 30)
+    write_raster(work / "q.tif", image(160, 160, 3, 5), CRS.from_epsg(32618), origin)
     report = work / "report.html"
     proc, _ = qgis.run(
         "slimdiffsr:assess",

@@ -152,3 +152,13 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
         load_weights(other)
     with pytest.raises(WeightsError, match="not found"):
         load_weights(tmp_path / "none.safetensors")
+
+
+def test_receptive_margin_round_trip_and_absence(tmp_path, tiny_config) -> None:
+    model = SlimDiffSRStudent(tiny_config)
+    with_margin = save_safetensors(model, tmp_path / "m_x4.safetensors", 4, extra={"receptive_margin": "9"})
+    assert load_weights(with_margin).receptive_margin == 9
+    plain = save_safetensors(model, tmp_path / "p_x4.safetensors", 4)
+    assert load_weights(plain).receptive_margin is None
+    bad = save_safetensors(model, tmp_path / "b_x4.safetensors", 4, extra={"receptive_margin": "wide"})
+    assert load_weights(bad).receptive_margin is None

@@ -30,6 +30,8 @@ import torch
 from affine import Affine
 
 from backend.engine.compact import CONFIGS, write_random_weights
+from backend.engine.margin import edge_profile, reference_image
+from backend.engine.margin import receptive_margin as margin_of
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import TilePlan, make_plan
 from backend.engine.run import default_batch, default_overlap, default_tile, max_tile_out, upscale_raster
@@ -130,40 +132,17 @@ def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> 
 
 
 # -- receptive margin and seams --------------------------------------------------------------
-def _lr_image(size: int) -> np.ndarray:
-    """A real-looking image: the fixture orthophoto if the shared data is there, else synthetic."""
-    shared = Path(os.environ.get("SLIMDIFFSR_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-    path = shared / "data/fixtures/rasterio/RGB.byte.tif"
-    if path.exists():
-        with rasterio.open(path) as src:
-            a = src.read([1, 2, 3], window=((250, 250 + size), (250, 250 + size)))
-        return a.astype(np.float32) / 255
-    with tempfile.TemporaryDirectory() as tmp:
-        with rasterio.open(synthetic_raster(Path(tmp) / "s.tif", size)) as src:
-            return src.read().astype(np.float32) / 255
-
-
 def receptive_margin(config: str, scale: int = 4, size: int = 192, tile: int = 128) -> dict[str, object]:
     """|tile output - untiled output| against the distance (output px) from the tile's edge."""
     torch.manual_seed(0)
     from backend.model import SlimDiffSRStudent
 
     resolver = SuperResolver(SlimDiffSRStudent(CONFIGS[config]), scale, "cpu", "fp32")
-    lr = torch.from_numpy(_lr_image(size))[None] * 2 - 1
-    full, _ = resolver.restore(resolver.upsample(lr))
-    o = (size - tile) // 2
-    part, _ = resolver.restore(resolver.upsample(lr[..., o : o + tile, o : o + tile]))
-    ref = full[..., o * scale : (o + tile) * scale, o * scale : (o + tile) * scale]
-    diff = (part - ref).abs().mean(dim=1)[0].numpy()
-    n = tile * scale
-    yy, xx = np.mgrid[:n, :n]
-    dist = np.minimum(np.minimum(yy, xx), np.minimum(n - 1 - yy, n - 1 - xx))
-    profile = [float(diff[dist == d].mean()) for d in range(n // 2)]
-    floor = float(np.median(profile[n // 4 :]))
-    margin = next((d for d, v in enumerate(profile) if all(p <= 1.5 * floor for p in profile[d:])), n // 2)
+    lr = torch.from_numpy(reference_image(size))[None] * 2 - 1
+    profile = edge_profile(resolver, lr, tile)
+    margin, floor = margin_of(profile)
     return {"config": config, "scale": scale, "floor": floor, "margin_out_px": margin,
-            "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)},
-            "output_range": float(full.max() - full.min())}
+            "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)}}
 
 
 def seam_lines(plan: TilePlan) -> tuple[list[int], list[int]]:
@@ -203,7 +182,7 @@ def seam_table(config: str, size: int = 192, tile: int = 64, overlaps: tuple[int
         weights = write_random_weights(folder / "w.safetensors", CONFIGS[config], 4)
         loaded = load_weights(weights)
         resolver = SuperResolver(loaded.model, 4, "cpu", "fp32")
-        lr = np.rint(_lr_image(size) * 255).astype(np.uint8)
+        lr = np.rint(reference_image(size) * 255).astype(np.uint8)
         src = folder / "in.tif"
         with rasterio.open(src, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
                            crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
