@@ -131,6 +131,20 @@ def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_co
     assert losses[-1] < 0.75 * losses[0]
 
 
+def test_mse_loss_is_the_squared_error_psnr_measures(image_folder: Path, tmp_path: Path, tiny_config):
+    s = settings(image_folder, tmp_path / "m", tiny_config, l1_weight=0.0, mse_weight=1.0, val_every=0)
+    trainer = StudentTrainer(s)
+    inputs, target, lr = trainer.make_pair(next(trainer.batches(0)), 0, 0)
+    loss, parts = trainer.compute_loss(inputs, target, lr)
+    with torch.no_grad():
+        image = trainer.model(inputs)[1].float()
+    assert parts["mse"] == pytest.approx(float((image - target).square().mean()), rel=1e-4)
+    assert float(loss) == pytest.approx(parts["mse"], rel=1e-6)  # l1 reported, weighted 0
+    assert "mse" not in StudentTrainer(settings(image_folder, tmp_path / "n", tiny_config)).compute_loss(
+        inputs, target, lr
+    )[1]
+
+
 def test_settings_are_validated(image_folder: Path, tmp_path: Path, tiny_config):
     bad = dataclasses.replace(settings(image_folder, tmp_path / "e", tiny_config), crop=36)
     with pytest.raises(TrainingError, match="multiple"):

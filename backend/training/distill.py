@@ -127,6 +127,8 @@ class DistillTrainer(StudentTrainer):
             "l1": (image - target).abs().mean(),
         }
         weights = {"mmd": e["mmd_weight"], "l1": self.s.l1_weight}
+        if self.s.mse_weight:
+            parts["mse"], weights["mse"] = (image - target).square().mean(), self.s.mse_weight
         if self.s.ssim_weight:
             parts["ssim"], weights["ssim"] = ssim_loss(image, target), self.s.ssim_weight
         if self.s.fft_weight:

@@ -67,6 +67,10 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
         help="autocast dtype (bf16 on CPU or GPU, fp16 on CUDA with loss scaling)",
     )
     o.add_argument("--l1", type=float, default=1.0, dest="l1_weight")
+    o.add_argument(
+        "--mse", type=float, default=0.0, dest="mse_weight",
+        help="squared error, what PSNR measures (e.g. --l1 0 --mse 1 to fine-tune an L1 model for PSNR)",
+    )
     o.add_argument("--ssim", type=float, default=0.0, dest="ssim_weight")
     o.add_argument("--fft", type=float, default=0.0, dest="fft_weight")
     o.add_argument("--seed", type=int, default=0)
@@ -121,6 +125,7 @@ def settings_from_args(args: argparse.Namespace, method: str, default_name: str)
         grad_clip=args.grad_clip,
         precision=args.precision,
         l1_weight=args.l1_weight,
+        mse_weight=args.mse_weight,
         ssim_weight=args.ssim_weight,
         fft_weight=args.fft_weight,
         degradation=args.degradation,

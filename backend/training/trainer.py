@@ -72,6 +72,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     precision: str = "fp32"
     l1_weight: float = 1.0
+    mse_weight: float = 0.0
     ssim_weight: float = 0.0
     fft_weight: float = 0.0
     degradation: str = "bicubic"
@@ -232,11 +233,18 @@ class StudentTrainer:
         """Image losses on the student's output in [-1, 1] space."""
         _, image = self.student_output(inputs, lr)
         parts: dict[str, torch.Tensor] = {"l1": (image - target).abs().mean()}
+        if self.s.mse_weight:
+            parts["mse"] = (image - target).square().mean()
         if self.s.ssim_weight:
             parts["ssim"] = ssim_loss(image, target)
         if self.s.fft_weight:
             parts["fft"] = fft_loss(image, target)
-        weights = {"l1": self.s.l1_weight, "ssim": self.s.ssim_weight, "fft": self.s.fft_weight}
+        weights = {
+            "l1": self.s.l1_weight,
+            "mse": self.s.mse_weight,
+            "ssim": self.s.ssim_weight,
+            "fft": self.s.fft_weight,
+        }
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -405,7 +413,12 @@ class StudentTrainer:
             "batch_size": self.s.batch_size * self.s.grad_accum,
             "lr": self.s.lr,
             "schedule": self.s.schedule,
-            "losses": {"l1": self.s.l1_weight, "ssim": self.s.ssim_weight, "fft": self.s.fft_weight},
+            "losses": {
+                "l1": self.s.l1_weight,
+                "mse": self.s.mse_weight,
+                "ssim": self.s.ssim_weight,
+                "fft": self.s.fft_weight,
+            },
             "precision": self.s.precision,
             "seed": self.s.seed,
             "hardware": hardware_summary(self.device),
