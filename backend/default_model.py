@@ -130,6 +130,8 @@ def finalize(trained: Path, out: Path) -> Path:
     back-projection step after the network, measured +0.05 dB PSNR-Y at x4 and +0.06 dB at
     x8 on the eval rasters (MODEL_CARD.md), whose numbers include it.
     """
+    if not Path(trained).is_file():
+        raise SystemExit(f"{trained} does not exist yet; run 'make train-default' again to continue")
     loaded = load_weights(trained)
     training = loaded.metadata.get("training") or {}
     if isinstance(training, dict) and training.get("complete") is False:

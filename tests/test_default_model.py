@@ -35,6 +35,9 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
     partial = save_safetensors(model, tmp_path / "part_x4.safetensors", 4, training=training)
     with pytest.raises(SystemExit, match="unfinished run"):
         finalize(partial, tmp_path / "never.safetensors")
+    with pytest.raises(SystemExit, match="again to continue"):  # a later stage not started
+        finalize(tmp_path / "missing_x4.safetensors", tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists()
 
 
 X4_MIN_GAIN = 0.8  # measured +0.91 dB (MODEL_CARD.md)
