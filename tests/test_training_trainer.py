@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,11 @@ def test_resume_refuses_changed_recipe(image_folder: Path, tmp_path: Path, tiny_
     StudentTrainer(settings(image_folder, tmp_path / "c", tiny_config, steps=1)).run()
     with pytest.raises(TrainingError, match="lr"):
         StudentTrainer(settings(image_folder, tmp_path / "c", tiny_config, steps=2, lr=5e-4)).run()
+    # The same data folder spelled another way, and another export name, still resume.
+    respelled = Path(os.path.relpath(image_folder))
+    trainer = StudentTrainer(settings(respelled, tmp_path / "c", tiny_config, steps=2, name="other"))
+    trainer.run()
+    assert trainer.step == 2
 
 
 def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_config):

@@ -339,8 +339,10 @@ class StudentTrainer:
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         saved = json.loads(state["settings"])
-        # Settings that may change between chunks: the budget, the device, workers, cadence.
+        # Settings that may change between chunks: the budget, the device, workers, cadence,
+        # where the run lives and what its export is called.
         free = {
+            "name",
             "max_minutes",
             "device",
             "workers",
@@ -353,7 +355,15 @@ class StudentTrainer:
             "init",
         }
         mine = json.loads(json.dumps(dataclasses.asdict(self.s)))
-        changed = [k for k in saved if k not in free and saved[k] != mine.get(k)]
+
+        def same(key: str) -> bool:
+            if key in ("data", "val_data"):  # one folder, however it was spelled
+                return [str(Path(p).resolve()) for p in saved[key] or []] == [
+                    str(Path(p).resolve()) for p in mine.get(key) or []
+                ]
+            return saved[key] == mine.get(key)
+
+        changed = [k for k in saved if k not in free and not same(k)]
         if changed:
             raise TrainingError(
                 f"{self.checkpoint_path} was written with different settings ({', '.join(sorted(changed))}); "
