@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from backend.engine import UpscaleOptions, upscale_raster
 from backend.engine.compact import TINY, write_random_weights
 from backend.inference import SuperResolver
-from backend.model.lr_consistency import enforce_lr_consistency, enlarge, reduce
+from backend.model.lr_consistency import MATRIX_MAX_SIDE, enforce_lr_consistency, enlarge, reduce
 from backend.weights import load_weights, save_safetensors
 
 
@@ -90,3 +90,22 @@ def test_tiles_agree_with_the_whole_image(rgb_crop, tmp_path: Path) -> None:
     expected = resolver.super_resolve(data.transpose(1, 2, 0).astype(np.float32) / 255,
                                       pad_multiple=resolver.multiple)
     assert np.abs(one - np.rint(expected * 255).transpose(2, 0, 1)).max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 2, 3), (1, 3, 17, 40), (1, 1, 300, 512)])
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_enlarge_is_torch_bicubic(shape: tuple[int, ...], scale: int) -> None:
+    torch.manual_seed(scale)
+    x = torch.rand(*shape) * 2 - 1
+    want = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(enlarge(x, scale), want, rtol=0, atol=2e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside the trainer
+        got = enlarge(x, scale)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+def test_enlarge_of_a_large_image_falls_back_to_torch() -> None:
+    x = torch.rand(1, 1, MATRIX_MAX_SIDE + 1, 4)
+    want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    assert torch.equal(enlarge(x, 2), want)
