@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from backend.engine.margin import synthetic_image
 from backend.inference import SuperResolver, cpu_has_fast_bf16
 from backend.model import PRESETS, SlimDiffSRStudent, StudentConfig
 
@@ -63,11 +64,8 @@ def _time(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]
 
 
 def test_image(size: int, seed: int = 0) -> np.ndarray:
-    """A smooth image-like LR input in [0, 1] (random weights make content irrelevant)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    base = np.stack([np.sin(9 * xx + c) * np.cos(7 * yy - c) for c in range(3)], -1) * 0.3 + 0.5
-    return np.clip(base + 0.03 * rng.standard_normal((size, size, 3)), 0, 1).astype(np.float32)
+    """A smooth image-like LR input HxWx3 in [0, 1] (random weights make content irrelevant)."""
+    return np.ascontiguousarray(synthetic_image(size, seed).transpose(1, 2, 0))
 
 
 def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> list[dict[str, object]]:

@@ -1,17 +1,18 @@
 # The bundled default model (resources/weights, MODEL_CARD.md). Training is resumable:
-# each `make train-default` runs at most MAX_MINUTES (default 110) of the current stage and
+# each `make train-default` runs at most MAX_MINUTES (default 110) across its stages and
 # continues where the last call stopped; x4 is 13,000 steps of L1 from scratch (101 min on
 # a 2-core CPU) then 9000 steps of squared error (60 min): two calls (see MODEL_CARD.md).
 # DEFAULT_SCALE=8 fine-tunes x4's first stage for x8 (2000 steps).
 DEFAULT_SCALE ?= 4
-TRAINED_4 = build/default_x4/psnr/slimdiffsr_default_x4.safetensors
-TRAINED_8 = build/default_x8/slimdiffsr_default_x8.safetensors
+# The last stage of each recipe (tools/train_default.sh), whose weights are shipped.
+DEFAULT_RUN_4 = build/default_x4/psnr
+DEFAULT_RUN_8 = build/default_x8
 
 .PHONY: train-default evaluate-default
 
 train-default: install
 	SCALE=$(DEFAULT_SCALE) SHARED=$(SHARED) PY=$(PY) bash tools/train_default.sh
-	$(PY) -m backend.default_model finalize $(TRAINED_$(DEFAULT_SCALE)) \
+	$(PY) -m backend.default_model finalize $(DEFAULT_RUN_$(DEFAULT_SCALE))/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors \
 	  resources/weights/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors
 
 # Recompute the model card's quality and speed numbers on ../shared/data/eval.

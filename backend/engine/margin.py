@@ -22,19 +22,26 @@ from backend.inference import SuperResolver
 FLOOR_FACTOR = 1.5
 
 
+def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
+    """[3, size, size] float32 in [0, 1]: a smooth image-like pattern with seeded noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(9 * xx + c) * np.cos(7 * yy - c) for c in range(3)]) * 0.3 + 0.5
+    return np.clip(base + 0.03 * rng.standard_normal((size, size, 3)).transpose(2, 0, 1), 0, 1).astype(
+        np.float32
+    )
+
+
 def reference_image(size: int) -> np.ndarray:
     """[3, size, size] float32 in [0, 1]: a real aerial scene (the shared fixture
-    RGB.byte.tif) when ../shared is there, else a seeded image-like pattern."""
+    RGB.byte.tif) when ../shared is there, else ``synthetic_image``."""
     shared = Path(os.environ.get("SLIMDIFFSR_SHARED", Path(__file__).resolve().parents[3] / "shared"))
     path = shared / "data/fixtures/rasterio/RGB.byte.tif"
     if path.exists():
         with rasterio.open(path) as src:
             a = src.read([1, 2, 3], window=((250, 250 + size), (250, 250 + size)))
         return a.astype(np.float32) / 255
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size] / 9.0
-    base = 0.5 + 0.25 * np.sin(yy[None] * np.array([1.0, 1.3, 0.7])[:, None, None] + xx[None])
-    return np.clip(base + rng.normal(0, 0.05, (3, size, size)), 0, 1).astype(np.float32)
+    return synthetic_image(size)
 
 
 def edge_profile(resolver: SuperResolver, lr: torch.Tensor, tile: int) -> list[float]:

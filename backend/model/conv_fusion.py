@@ -92,6 +92,18 @@ def _phases(kernel: torch.Tensor) -> torch.Tensor:
     return out.reshape(co * 4, ci, 3, 3)
 
 
+def _chain_problem(layers: list[nn.Module]) -> str | None:
+    """Why ``layers`` is not a fusable chain ([nearest x2] then two 3x3 convolutions, only
+    the second strided and only without upsampling), or None when it is."""
+    upsample = bool(layers) and _is_nearest_x2(layers[0])
+    convs = layers[1:] if upsample else layers
+    if len(convs) != 2 or not all(_is_plain_conv(c) for c in convs):
+        return "a linear chain is [nearest x2] then two 3x3 convolutions"
+    if convs[0].stride != (1, 1) or (upsample and convs[1].stride != (1, 1)):
+        return "only the second convolution of a chain without upsampling may be strided"
+    return None
+
+
 class LinearConvChain(nn.Module):
     """An optional x2 nearest upsampling then two 3x3 convolutions, as one convolution.
 
@@ -101,21 +113,19 @@ class LinearConvChain(nn.Module):
 
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
+        problem = _chain_problem(layers)
+        if problem:
+            raise ValueError(problem)
         self.upsample = _is_nearest_x2(layers[0])
-        convs = layers[1:] if self.upsample else layers
-        if len(convs) != 2 or not all(_is_plain_conv(c) for c in convs):
-            raise ValueError("a linear chain is [nearest x2] then two 3x3 convolutions")
-        if convs[0].stride != (1, 1) or (self.upsample and convs[1].stride != (1, 1)):
-            raise ValueError("only the second convolution of a chain without upsampling may be strided")
+        first, second = layers[-2:]
         self.original = nn.Sequential(*layers)
-        self.stride = convs[1].stride[0]
+        self.stride = second.stride[0]
         with torch.no_grad():
-            kernel, bias = _compose(convs[0], convs[1])
+            kernel, bias = _compose(first, second)
             if self.upsample:
                 kernel, bias = _phases(kernel), bias.repeat_interleave(4)
-        dtype = convs[0].weight.dtype
-        self.register_buffer("kernel", kernel.to(dtype))
-        self.register_buffer("bias", bias.to(dtype))
+        self.register_buffer("kernel", kernel.to(first.weight.dtype))
+        self.register_buffer("bias", bias.to(first.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample:
@@ -140,12 +150,7 @@ class LinearConvChain(nn.Module):
 def _chain_at(items: list[nn.Module], i: int) -> list[nn.Module] | None:
     """The fusable chain starting at items[i], if any."""
     chain = items[i : i + 3] if _is_nearest_x2(items[i]) else items[i : i + 2]
-    convs = chain[1:] if _is_nearest_x2(items[i]) else chain
-    if len(convs) != 2 or not all(_is_plain_conv(c) for c in convs):
-        return None
-    if convs[0].stride != (1, 1) or (len(chain) == 3 and convs[1].stride != (1, 1)):
-        return None
-    return chain
+    return None if _chain_problem(chain) else chain
 
 
 def fuse_linear_chains(layers: nn.Sequential) -> nn.Sequential:

@@ -75,7 +75,7 @@ def enlarge(image: torch.Tensor, scale: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     if image.device.type == "cpu" and image.is_floating_point() and max(h, w) <= MATRIX_MAX_SIDE:
         rows = bicubic_matrix(h, scale, image.dtype)
-        cols = bicubic_matrix(w, scale, image.dtype)
+        cols = rows if w == h else bicubic_matrix(w, scale, image.dtype)  # tiles are square
         # At the image's own precision, as F.interpolate, also inside a bf16 autocast.
         with torch.autocast("cpu", enabled=False):
             return rows @ image @ cols.T

@@ -21,10 +21,8 @@ import torch
 from backend.training.losses import (
     PatchDiscriminator,
     feature_mmd,
-    fft_loss,
     hinge_d_loss,
     hinge_g_loss,
-    ssim_loss,
 )
 from backend.training.teacher import (
     SingleStepTeacher,
@@ -123,16 +121,12 @@ class DistillTrainer(StudentTrainer):
         t_features, t_image = self.teacher_features(inputs)
         generator = torch.Generator().manual_seed(self.s.seed + 7919 * self.step)
         parts: dict[str, torch.Tensor] = {
-            "mmd": feature_mmd(z_student.float(), t_features.float(), e["mmd_samples"], generator),
-            "l1": (image - target).abs().mean(),
+            "mmd": feature_mmd(z_student.float(), t_features.float(), e["mmd_samples"], generator)
         }
-        weights = {"mmd": e["mmd_weight"], "l1": self.s.l1_weight}
-        if self.s.mse_weight:
-            parts["mse"], weights["mse"] = (image - target).square().mean(), self.s.mse_weight
-        if self.s.ssim_weight:
-            parts["ssim"], weights["ssim"] = ssim_loss(image, target), self.s.ssim_weight
-        if self.s.fft_weight:
-            parts["fft"], weights["fft"] = fft_loss(image, target), self.s.fft_weight
+        weights = {"mmd": e["mmd_weight"]}
+        image_parts, image_weights = self.image_losses(image, target)
+        parts.update(image_parts)
+        weights.update(image_weights)
         if e["teacher_image_weight"]:
             parts["teacher_l1"] = (image - t_image.float()).abs().mean()
             weights["teacher_l1"] = e["teacher_image_weight"]

@@ -227,24 +227,27 @@ class StudentTrainer:
             image = enforce_lr_consistency(image, lr, self.s.scale)
         return z, image
 
+    def image_losses(
+        self, image: torch.Tensor, target: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """(losses, weights) of the output image against HR in [-1, 1], for every trainer:
+        L1 always (logged even at weight 0), squared error, SSIM and spectral L1 when weighted."""
+        parts: dict[str, torch.Tensor] = {"l1": (image - target).abs().mean()}
+        weights = {"l1": self.s.l1_weight}
+        if self.s.mse_weight:
+            parts["mse"], weights["mse"] = (image - target).square().mean(), self.s.mse_weight
+        if self.s.ssim_weight:
+            parts["ssim"], weights["ssim"] = ssim_loss(image, target), self.s.ssim_weight
+        if self.s.fft_weight:
+            parts["fft"], weights["fft"] = fft_loss(image, target), self.s.fft_weight
+        return parts, weights
+
     def compute_loss(
         self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Image losses on the student's output in [-1, 1] space."""
         _, image = self.student_output(inputs, lr)
-        parts: dict[str, torch.Tensor] = {"l1": (image - target).abs().mean()}
-        if self.s.mse_weight:
-            parts["mse"] = (image - target).square().mean()
-        if self.s.ssim_weight:
-            parts["ssim"] = ssim_loss(image, target)
-        if self.s.fft_weight:
-            parts["fft"] = fft_loss(image, target)
-        weights = {
-            "l1": self.s.l1_weight,
-            "mse": self.s.mse_weight,
-            "ssim": self.s.ssim_weight,
-            "fft": self.s.fft_weight,
-        }
+        parts, weights = self.image_losses(image, target)
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
