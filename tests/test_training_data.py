@@ -11,6 +11,7 @@ import torch
 from rasterio.enums import ColorInterp
 
 from backend.training.data import (
+    DataError,
     FixedCrops,
     RasterCropDataset,
     choose_bands,
@@ -87,6 +88,21 @@ def test_crops_are_seeded_valid_and_in_range(raster_folder: Path):
         assert not bool((c == 0).all(dim=0).any())
         assert torch.equal(c, again[i])
     assert not all(torch.equal(a, other[i]) for i, a in enumerate(crops))
+
+
+def test_sampling_weighs_files_by_area_or_its_square_root(raster_folder: Path):
+    files = find_rasters([raster_folder])
+    by_area = RasterCropDataset(files, 64, seed=0)
+    by_root = RasterCropDataset(files, 64, seed=0, sampling="sqrt-area")
+    areas = np.array([s.width * s.height for s in by_area.sources], dtype=np.float64)
+    assert len(set(areas)) > 1  # the folder has files of different sizes
+    np.testing.assert_allclose(by_area.weights, areas / areas.sum())
+    np.testing.assert_allclose(by_root.weights, np.sqrt(areas) / np.sqrt(areas).sum())
+    # The largest file's share shrinks, the smallest one's grows.
+    assert by_root.weights[areas.argmax()] < by_area.weights[areas.argmax()]
+    assert by_root.weights[areas.argmin()] > by_area.weights[areas.argmin()]
+    with pytest.raises(DataError, match="sampling must be one of"):
+        RasterCropDataset(files, 64, sampling="uniform")
 
 
 def test_dihedral_group_is_complete():

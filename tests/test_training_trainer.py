@@ -185,11 +185,14 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_confi
             "--name",
             "mine",
             "--lr-consistency",
+            "--sampling",
+            "sqrt-area",
         ]
     )
     assert rc == 0
     loaded = load_weights(out / "mine.safetensors")
     assert loaded.metadata["training"]["precision"] == "bf16"
+    assert loaded.metadata["training"]["sampling"] == "sqrt-area"
     # trained with the back-projection in the loss: the file asks for it at inference
     assert loaded.metadata["training"]["lr_consistency"] is True and loaded.lr_consistency
 

@@ -16,10 +16,12 @@ arises):
 * nodata: the dataset's own mask (nodata value, alpha band, internal mask) plus pixels
   that are zero in every chosen band (satellite scenes often carry an undeclared zero
   collar); a crop with more than ``max_invalid`` invalid pixels is redrawn;
-* sampling: a file is drawn with probability proportional to its area, so every pixel
-  of the collection is about equally likely; sample ``i`` depends only on ``(seed, i)``,
-  which makes a training run's data stream reproducible and resumable without saving any
-  loader state.
+* sampling: by default a file is drawn with probability proportional to its area, so
+  every pixel of the collection is about equally likely; ``sampling="sqrt-area"`` draws
+  it in proportion to the square root of its area instead, so that a few large files
+  (or many frames of one scene) do not crowd out many small distinct scenes; sample
+  ``i`` depends only on ``(seed, i)``, which makes a training run's data stream
+  reproducible and resumable without saving any loader state.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from torch.utils.data import Dataset
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
 PERCENTILES = (0.5, 99.5)
 STATS_MAX_SIDE = 1024
+
+
+SAMPLINGS = ("area", "sqrt-area")
 
 
 class DataError(ValueError):
@@ -187,7 +192,10 @@ class RasterCropDataset(Dataset):
         length: int = 1_000_000,
         max_tries: int = 20,
         cache_mb: float = 1024.0,
+        sampling: str = "area",
     ) -> None:
+        if sampling not in SAMPLINGS:
+            raise DataError(f"sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
         self.crop = int(crop)
         self.seed = int(seed)
         self.augment = augment
@@ -202,7 +210,8 @@ class RasterCropDataset(Dataset):
                 f"no raster of at least {self.crop}x{self.crop} pixels among {len(sources)} files"
             )
         areas = np.array([s.area for s in self.sources], dtype=np.float64)
-        self.weights = areas / areas.sum()
+        shares = np.sqrt(areas) if sampling == "sqrt-area" else areas
+        self.weights = shares / shares.sum()
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0

@@ -50,6 +50,12 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
         help="back-project the output to the LR input inside the loss (and record it in the weights)",
     )
     g.add_argument("--max-invalid", type=float, default=0.01, help="largest nodata share of a crop")
+    g.add_argument(
+        "--sampling",
+        choices=("area", "sqrt-area"),
+        default="area",
+        help="draw files by area (each pixel equally likely) or by its square root (small scenes weigh more)",
+    )
     g.add_argument("--workers", type=int, default=0, help="data loader processes")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=default_steps)
@@ -144,6 +150,7 @@ def settings_from_args(args: argparse.Namespace, method: str, default_name: str)
         method=method,
         tensorboard=args.tensorboard,
         max_invalid=args.max_invalid,
+        sampling=args.sampling,
     )
 
 

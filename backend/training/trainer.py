@@ -91,6 +91,7 @@ class TrainSettings:
     method: str = "supervised"
     tensorboard: bool = False
     max_invalid: float = 0.01
+    sampling: str = "area"  # file draw probability: "area" or "sqrt-area" (see training.data)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (teacher, MMD, GAN)
 
     def validate(self, multiple: int) -> None:
@@ -150,7 +151,11 @@ class StudentTrainer:
         self.degrade = make_degrader(settings.degradation, settings.scale)
         self.train_files, self.val_files = self._split_files()
         self.dataset = RasterCropDataset(
-            self.train_files, settings.crop, seed=settings.seed, max_invalid=settings.max_invalid
+            self.train_files,
+            settings.crop,
+            seed=settings.seed,
+            max_invalid=settings.max_invalid,
+            sampling=settings.sampling,
         )
         self.val_set = (
             FixedCrops(
@@ -423,6 +428,7 @@ class StudentTrainer:
             "degradation": self.degrade.describe(),
             "lr_consistency": self.s.lr_consistency,
             "crop": self.s.crop,
+            "sampling": self.s.sampling,
             "batch_size": self.s.batch_size * self.s.grad_accum,
             "lr": self.s.lr,
             "schedule": self.s.schedule,
