@@ -40,7 +40,7 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
     assert not (tmp_path / "never.safetensors").exists()
 
 
-X4_MIN_GAIN = 0.8  # measured +0.93 dB (MODEL_CARD.md)
+X4_MIN_GAIN = 1.0  # the target; measured +1.04 dB (MODEL_CARD.md)
 
 
 def test_bundled_model_is_described_and_beats_bicubic_on_eval(shared_data: Path) -> None:
@@ -58,7 +58,7 @@ def test_bundled_model_is_described_and_beats_bicubic_on_eval(shared_data: Path)
     assert metrics["bicubic-degraded/model"]["ssim_y"] > metrics["bicubic-degraded/bicubic"]["ssim_y"]
 
 
-X8_MIN_GAIN = 0.5  # measured +0.61 dB (MODEL_CARD.md)
+X8_MIN_GAIN = 0.6  # measured +0.69 dB (MODEL_CARD.md)
 
 
 def test_bundled_x8_model_is_described_and_beats_bicubic_on_eval(shared_data: Path) -> None:

@@ -4,9 +4,13 @@
 #   SCALE=4: 1. from scratch, plain L1 (13,000 steps; the untrained student outputs the
 #               bicubic input), build/default_x4;
 #            2. squared error (what PSNR measures) from stage 1's weights at a lower rate
-#               (9000 steps, other crops), build/default_x4/psnr.
-#   SCALE=8: x4's stage 1 fine-tuned for x8 (same network; it already knows how to
-#            restore detail, x8 only has to learn the larger gap).
+#               (9000 steps, other crops), build/default_x4/psnr;
+#            3. squared error on 256 px crops (the deeper UNet levels see 16x16 positions
+#               instead of 8x8, fewer of them on a zero-padded border), small scenes
+#               drawn more often (sqrt-area sampling), 4000 steps, build/default_x4/large.
+#   SCALE=8: 1. x4's stage 1 fine-tuned for x8 (same network; it already knows how to
+#               restore detail, x8 only has to learn the larger gap), build/default_x8;
+#            2. squared error on 384 px crops, sqrt-area sampling, build/default_x8/large.
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
@@ -18,7 +22,9 @@ SHARED=${SHARED:-../shared}
 MAX_MINUTES=${MAX_MINUTES:-110}
 X4=build/default_x4
 X4_PSNR=build/default_x4/psnr
+X4_LARGE=build/default_x4/large
 X8=build/default_x8
+X8_LARGE=build/default_x8/large
 
 finished() {  # weights file -> success if it exists and records a complete run
   [[ -f $1 ]] && "$PY" - "$1" <<'PYEOF'
@@ -48,7 +54,7 @@ stage() {  # run-folder name init steps crop batch lr warmup seed [extra trainer
     --crop "$crop" --batch-size "$batch" --steps "$steps" --lr "$lr" --warmup "$warmup" \
     --schedule cosine --precision bf16 --degradation bicubic --seed "$seed" --workers 0 \
     --val-every 500 --checkpoint-every 100 --log-every 50 \
-    --max-minutes "$left" --out "$run" --name "$name" "$@"
+    --max-minutes "$left" --out "$run" --name "$name" ${THREADS:+--threads "$THREADS"} "$@"
   finished "$run/$name.safetensors" || { echo "stage $run paused; run the same command again to continue"; exit 0; }
 }
 
@@ -60,10 +66,14 @@ case "$SCALE" in
     stage "$X4" slimdiffsr_default_x4 "$init" "${STEPS:-13000}" 128 8 5e-4 200 2026
     stage "$X4_PSNR" slimdiffsr_default_x4 "$X4/slimdiffsr_default_x4.safetensors" \
       "${PSNR_STEPS:-9000}" 128 8 2e-4 100 2027 --l1 0 --mse 1
+    stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
+      "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
     ;;
   8)
     stage "$X8" slimdiffsr_default_x8 "$X4/slimdiffsr_default_x4.safetensors" \
       "${STEPS:-2000}" 192 4 2e-4 100 2026
+    stage "$X8_LARGE" slimdiffsr_default_x8 "$X8/slimdiffsr_default_x8.safetensors" \
+      "${LARGE_STEPS:-1500}" 384 1 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac
