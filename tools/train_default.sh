@@ -15,6 +15,7 @@
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
 # `make train-default` then ships the last stage with `python -m backend.default_model finalize`.
+# THREADS=N limits torch's CPU threads (e.g. THREADS=1 to train x4 and x8 side by side).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SCALE=${SCALE:-4}
