@@ -22,7 +22,7 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
-from backend.engine.margin import edge_profile, receptive_margin, reference_image
+from backend.engine.margin import edge_profile, receptive_margin
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.lr_consistency import enlarge
@@ -165,9 +165,7 @@ def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> i
     Recorded in the shipped file so the engine's default overlap fits this model rather
     than the paper's much deeper student.
     """
-    resolver = SuperResolver.from_weights(loaded, "cpu", "fp32")
-    lr = torch.from_numpy(reference_image(size))[None] * 2 - 1
-    margin, _ = receptive_margin(edge_profile(resolver, lr, tile))
+    margin, _ = receptive_margin(edge_profile(SuperResolver.from_weights(loaded, "cpu", "fp32"), size, tile))
     return margin
 
 

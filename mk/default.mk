@@ -5,16 +5,11 @@
 # two calls (see MODEL_CARD.md). DEFAULT_SCALE=8 fine-tunes x4's first stage for x8
 # (2000 steps, 20 min), then 1500 steps on 384 px crops (14 min).
 DEFAULT_SCALE ?= 4
-# The last stage of each recipe (tools/train_default.sh), whose weights are shipped.
-DEFAULT_RUN_4 = build/default_x4/large
-DEFAULT_RUN_8 = build/default_x8/large
 
 .PHONY: train-default evaluate-default
 
 train-default: install
 	SCALE=$(DEFAULT_SCALE) SHARED=$(SHARED) PY=$(PY) bash tools/train_default.sh
-	$(PY) -m backend.default_model finalize $(DEFAULT_RUN_$(DEFAULT_SCALE))/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors \
-	  resources/weights/slimdiffsr_default_x$(DEFAULT_SCALE).safetensors
 
 # Recompute the model card's quality and speed numbers on ../shared/data/eval.
 evaluate-default: install

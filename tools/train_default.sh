@@ -14,7 +14,8 @@
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
-# `make train-default` then ships the last stage with `python -m backend.default_model finalize`.
+# Once the last stage is finished, its weights are shipped to resources/weights with
+# `python -m backend.default_model finalize` (metadata, measured receptive margin).
 # THREADS=N limits torch's CPU threads (e.g. THREADS=1 to train x4 and x8 side by side).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -59,6 +60,11 @@ stage() {  # run-folder name init steps crop batch lr warmup seed [extra trainer
   finished "$run/$name.safetensors" || { echo "stage $run paused; run the same command again to continue"; exit 0; }
 }
 
+ship() {  # the last stage's run folder -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
+  "$PY" -m backend.default_model finalize "$1/slimdiffsr_default_x$SCALE.safetensors" \
+    "resources/weights/slimdiffsr_default_x$SCALE.safetensors"
+}
+
 case "$SCALE" in
   4)
     mkdir -p "$X4"
@@ -69,12 +75,14 @@ case "$SCALE" in
       "${PSNR_STEPS:-9000}" 128 8 2e-4 100 2027 --l1 0 --mse 1
     stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
       "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
+    ship "$X4_LARGE"
     ;;
   8)
     stage "$X8" slimdiffsr_default_x8 "$X4/slimdiffsr_default_x4.safetensors" \
       "${STEPS:-2000}" 192 4 2e-4 100 2026
     stage "$X8_LARGE" slimdiffsr_default_x8 "$X8/slimdiffsr_default_x8.safetensors" \
       "${LARGE_STEPS:-1500}" 384 1 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
+    ship "$X8_LARGE"
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac

@@ -138,8 +138,7 @@ def receptive_margin(config: str, scale: int = 4, size: int = 192, tile: int = 1
     from backend.model import SlimDiffSRStudent
 
     resolver = SuperResolver(SlimDiffSRStudent(CONFIGS[config]), scale, "cpu", "fp32")
-    lr = torch.from_numpy(reference_image(size))[None] * 2 - 1
-    profile = edge_profile(resolver, lr, tile)
+    profile = edge_profile(resolver, size, tile)
     margin, floor = margin_of(profile)
     return {"config": config, "scale": scale, "floor": floor, "margin_out_px": margin,
             "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)}}

@@ -44,12 +44,14 @@ def reference_image(size: int) -> np.ndarray:
     return synthetic_image(size)
 
 
-def edge_profile(resolver: SuperResolver, lr: torch.Tensor, tile: int) -> list[float]:
+def edge_profile(resolver: SuperResolver, size: int = 192, tile: int = 128) -> list[float]:
     """Mean |tile output - untiled output| against the distance (output px) from the tile edge.
 
-    lr: [1, 3, h, w] in [-1, 1], larger than ``tile`` on every side; the tile is its centre.
+    The untiled input is the ``reference_image`` of ``size`` pixels, the tile its centre
+    ``tile`` pixels.
     """
     s = resolver.scale
+    lr = torch.from_numpy(reference_image(size))[None] * 2 - 1
     full, _ = resolver.restore(resolver.upsample(lr))
     oy, ox = (lr.shape[-2] - tile) // 2, (lr.shape[-1] - tile) // 2
     part, _ = resolver.restore(resolver.upsample(lr[..., oy : oy + tile, ox : ox + tile]))
