@@ -51,20 +51,19 @@ figure: install
 	@$(PY) -c "import json; r = json.load(open('build/figure.json'))['results']; \
 	  print({k: r[k] for k in ('PSNR_BICUBIC', 'PSNR_SR', 'SSIM_BICUBIC', 'SSIM_SR', 'VERDICT')})"
 
-# The zip for plugins.qgis.org: tracked files (and the bundled weights) minus tests and
-# development files, in a top-level folder named like the plugin.
+# The zip for plugins.qgis.org: `git archive` of the committed tree, limited to an
+# allow-list (the plugin, the backend, resources, requirements, licence, readme and the QGIS
+# guide) minus the training-only files marked export-ignore in .gitattributes. No tests,
+# tools, make files or benchmarks. Users create the backend with slimdiffsr:setup.
+PACKAGE_PATHS := __init__.py metadata.txt LICENSE README.md requirements.txt plugin backend resources docs/qgis.md
 package:
-	@rm -rf build/package && mkdir -p build/package/$(PLUGIN_NAME)
-	@{ git ls-files --cached --others --exclude-standard; ls resources/weights/*.safetensors 2>/dev/null; } \
-	  | sort -u \
-	  | grep -v -E '^(tests/|\.ci/|\.github/|docs/|tools/(demo|screenshot|train|gpu_)|mk/train|backend/bench|requirements-train|\.gitignore$$|\.pre-commit)' \
-	  | while read -r f; do [ -f "$$f" ] && install -D -m 644 "$$f" "build/package/$(PLUGIN_NAME)/$$f"; done; true
-	@chmod 755 build/package/$(PLUGIN_NAME)/tools/*.sh 2>/dev/null || true
-	@rm -f $(PACKAGE_ZIP) && cd build/package && $(SYSTEM_PYTHON) -m zipfile -c ../$(notdir $(PACKAGE_ZIP)) $(PLUGIN_NAME)
-	@size=$$(stat -c %s $(PACKAGE_ZIP)); mb=$$(( (size + 1048575) / 1048576 )); \
+	@mkdir -p build && rm -f $(PACKAGE_ZIP)
+	@git diff --quiet HEAD -- $(PACKAGE_PATHS) || echo "note: uncommitted changes to packaged files are not in the zip (it is built from HEAD)"
+	@git archive --format=zip --prefix=$(PLUGIN_NAME)/ -o $(PACKAGE_ZIP) HEAD -- $(PACKAGE_PATHS)
+	@size=$$(stat -c %s $(PACKAGE_ZIP)); mb=$$(awk "BEGIN {printf \"%.1f\", $$size / 1048576}"); \
 	if [ $$size -gt $$(( $(PACKAGE_MAX_MB) * 1048576 )) ]; then \
 	  echo "error: $(PACKAGE_ZIP) is $$mb MB, over the $(PACKAGE_MAX_MB) MB limit of plugins.qgis.org; shrink resources/weights" >&2; exit 1; fi; \
-	n=$$($(SYSTEM_PYTHON) -c "import sys, zipfile; print(len(zipfile.ZipFile(sys.argv[1]).namelist()))" $(PACKAGE_ZIP)); \
+	n=$$($(SYSTEM_PYTHON) -c "import sys, zipfile; print(sum(not n.endswith('/') for n in zipfile.ZipFile(sys.argv[1]).namelist()))" $(PACKAGE_ZIP)); \
 	echo "$(PACKAGE_ZIP): $$n files, $$mb MB"
 
 # Screenshot of the 'SlimDiffSR Upscale' dialog for the documentation (headless, Xvfb).

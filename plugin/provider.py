@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.assess import AssessAlgorithm
+from .algorithms.setup import SetupAlgorithm
 from .algorithms.upscale import UpscaleAlgorithm
 from .settings import register_settings, unregister_settings
 
@@ -45,6 +46,7 @@ class SlimDiffSRProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         self.addAlgorithm(UpscaleAlgorithm())
         self.addAlgorithm(AssessAlgorithm())
+        self.addAlgorithm(SetupAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802 - QGIS API
         # The backend writes GeoTIFF only (tiled, BigTIFF when needed, optionally COG).

@@ -6,7 +6,11 @@ worker threads as well as in the desktop; the Processing options panel only edit
 
 from __future__ import annotations
 
-from qgis.core import QgsSettings
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsSettings
+
+from .backend_env import profile_env_dir
 
 PROVIDER_GROUP = "SlimDiffSR"
 PYTHON_SETTING = "SLIMDIFFSR_PYTHON"
@@ -17,6 +21,12 @@ def backend_python_setting() -> str:
     """The 'Backend Python' path set in the Processing options ('' when unset)."""
     value = QgsSettings().value(_KEY, "")
     return str(value or "").strip()
+
+
+def backend_env_dir() -> Path:
+    """The environment the setup algorithm creates: in the active QGIS profile (which a plugin
+    update does not replace), e.g. ``.../QGIS3/profiles/default/slimdiffsr/env``."""
+    return profile_env_dir(Path(QgsApplication.qgisSettingsDirPath()))
 
 
 def register_settings(icon) -> bool:
@@ -30,7 +40,7 @@ def register_settings(icon) -> bool:
         Setting(
             PROVIDER_GROUP,
             PYTHON_SETTING,
-            "Backend Python (empty: the plugin's .venv from 'make install')",
+            "Backend Python (empty: the environment made by 'Set up SlimDiffSR backend')",
             "",
             valuetype=Setting.FILE,
         )

@@ -62,21 +62,30 @@ def venv_python(root: Path) -> Path:
     return root / ".venv" / "bin" / "python"
 
 
+SETUP_NAME = "Set up SlimDiffSR backend"
+SETUP_ALGORITHM = "slimdiffsr:setup"
+SETUP_HINT = f"run Processing Toolbox > SlimDiffSR > '{SETUP_NAME}' ({SETUP_ALGORITHM}) once"
+
+
 def how_to_fix(root: Path) -> str:
     return (
-        f"run 'make install' in {root} to create it, or point the SLIMDIFFSR_PYTHON environment "
-        "variable or Processing > Options > Providers > SlimDiffSR > 'Backend Python' at the python "
-        "of an environment with the backend's packages"
+        f"{SETUP_HINT}, or point the SLIMDIFFSR_PYTHON environment variable or Processing > Options > "
+        "Providers > SlimDiffSR > 'Backend Python' at the python of an environment with its packages"
     )
 
 
-def locate_python(setting: str | None = None, root: Path | None = None) -> tuple[Path, str]:
+def locate_python(
+    setting: str | None = None, root: Path | None = None, env_dir: Path | None = None
+) -> tuple[Path, str]:
     """The backend environment's python and where it came from.
 
-    Order: the SLIMDIFFSR_PYTHON variable, the Processing setting, then the ``.venv`` that
-    ``make install`` creates in the plugin folder. A configured path that does not exist is
-    an error (not a silent fallback): the user asked for that environment.
+    Order: the SLIMDIFFSR_PYTHON variable, the Processing setting, the environment the
+    setup algorithm made in the QGIS profile (``env_dir``, once its setup finished), then
+    the ``.venv`` of a development checkout (``make install``). A configured path that does
+    not exist is an error (not a silent fallback): the user asked for that environment.
     """
+    from .backend_env import env_python, is_set_up
+
     root = root or plugin_dir()
     candidates = [
         (os.environ.get(ENV_VAR, "").strip(), f"the {ENV_VAR} environment variable"),
@@ -90,11 +99,19 @@ def locate_python(setting: str | None = None, root: Path | None = None) -> tuple
                     f"the backend python set by {origin} does not exist: {path}; fix or clear it"
                 )
             return path, origin
+    if env_dir is not None and is_set_up(env_dir):
+        return env_python(env_dir), "the environment made by the setup algorithm"
     path = venv_python(root)
     if path.is_file():
         return path, "the plugin's .venv"
+    if env_dir is not None and env_dir.exists():
+        raise WorkerError(
+            f"the SlimDiffSR backend environment {env_dir} is incomplete (its setup did not finish); "
+            f"{SETUP_HINT.replace(' once', ' again')}"
+        )
+    where = env_python(env_dir) if env_dir is not None else path
     raise WorkerError(
-        f"the SlimDiffSR backend environment was not found ({path} is missing); {how_to_fix(root)}"
+        f"the SlimDiffSR backend environment was not found ({where} is missing); {how_to_fix(root)}"
     )
 
 
@@ -232,6 +249,7 @@ def run_request(
     python: Path | None = None,
     root: Path | None = None,
     setting: str | None = None,
+    env_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Send ``request`` to a fresh worker; return its result or raise :class:`WorkerError`.
 
@@ -240,7 +258,7 @@ def run_request(
     """
     root = root or plugin_dir()
     if python is None:
-        python, origin = locate_python(setting, root)
+        python, origin = locate_python(setting, root, env_dir)
         feedback.pushDebugInfo(f"backend python: {python} (from {origin})")
     session = _Session(python, root)
     outcome: dict[str, Any] | None = None

@@ -223,9 +223,10 @@ def test_provider_and_algorithms_are_registered(qgis: Qgis) -> None:
     listing = json.loads(proc.stdout)
     provider = listing["providers"]["slimdiffsr"]
     assert provider["name"] == "SlimDiffSR"
-    assert set(provider["algorithms"]) == {"slimdiffsr:upscale", "slimdiffsr:assess"}
+    assert set(provider["algorithms"]) == {"slimdiffsr:upscale", "slimdiffsr:assess", "slimdiffsr:setup"}
     assert provider["algorithms"]["slimdiffsr:upscale"]["name"] == "SlimDiffSR Upscale"
     assert provider["algorithms"]["slimdiffsr:assess"]["name"] == "SlimDiffSR Quality Check"
+    assert provider["algorithms"]["slimdiffsr:setup"]["name"] == "Set up SlimDiffSR backend"
 
 
 def test_upscale_parameters(qgis: Qgis) -> None:
@@ -477,7 +478,7 @@ def test_worker_crash_arrives_as_a_processing_error(qgis: Qgis, rasters, tmp_pat
     )
 
 
-def test_missing_environment_says_to_run_make_install(
+def test_missing_environment_names_the_setup_algorithm_once(
     qgis: Qgis, rasters, tmp_path_factory, tmp_path
 ) -> None:
     # A copy of the plugin without .venv (a symlink would resolve to this repository's .venv).
@@ -491,7 +492,9 @@ def test_missing_environment_says_to_run_make_install(
     proc, _ = isolated.run("slimdiffsr:upscale", {"INPUT": rasters["custom"], "OUTPUT": tmp_path / "o.tif"})
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "backend environment was not found" in text and "run 'make install' in" in text
+    assert text.count("backend environment was not found") == 1, text
+    assert "'Set up SlimDiffSR backend' (slimdiffsr:setup)" in text and "make install" not in text
+    assert "Traceback" not in text
 
     proc, _ = qgis.run(
         "slimdiffsr:upscale",
@@ -572,7 +575,7 @@ def test_plugin_loads_without_the_backend_packages(tmp_path) -> None:
         env=_qgis_env(tmp_path / "p", tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "['slimdiffsr:assess', 'slimdiffsr:upscale']" in proc.stdout
+    assert "['slimdiffsr:assess', 'slimdiffsr:setup', 'slimdiffsr:upscale']" in proc.stdout
 
 
 def test_processing_setting_overrides_the_environment(rasters, tmp_path) -> None:

@@ -23,8 +23,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..settings import backend_python_setting
-from ..worker_client import WorkerCancelledError, WorkerError, run_request
+from ..settings import backend_env_dir, backend_python_setting
+from ..worker_client import SETUP_HINT, WorkerCancelledError, WorkerError, locate_python, run_request
 
 HELP_URL = "https://github.com/slimdiffsr/slimdiffsr-qgis/blob/main/docs/qgis.md"
 ICON_PATH = Path(__file__).resolve().parent.parent.parent / "resources" / "icon.svg"
@@ -37,6 +37,7 @@ SCALES: list[tuple[str, int | None]] = [
     ("x4", 4),
     ("x8", 8),
 ]
+MAKE_INSTALL_HINT = "run 'make install' in the plugin folder to (re)create it"
 WEIGHTS_FILTER = "SlimDiffSR weights (*.safetensors *.pkl *.pth *.pt);;All files (*.*)"
 
 
@@ -137,10 +138,15 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
         return parameter
 
     def checkParameterValues(self, parameters: dict[str, Any], context: QgsProcessingContext):  # noqa: N802
-        """Catch bad band lists and non-file layers before anything starts."""
+        """Catch bad band lists, non-file layers and a missing backend environment before
+        anything starts (reported here, the message is shown once, not as a run failure)."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
+        try:
+            locate_python(backend_python_setting(), env_dir=backend_env_dir())
+        except WorkerError as exc:
+            return False, str(exc)
         try:
             bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
         except ValueError as exc:
@@ -189,8 +195,12 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
     def run_worker(self, request: dict[str, Any], feedback: QgsProcessingFeedback) -> dict[str, Any]:
         """The worker call with its failures turned into QgsProcessingException."""
         try:
-            return run_request(request, feedback, setting=backend_python_setting())
+            return run_request(request, feedback, setting=backend_python_setting(), env_dir=backend_env_dir())
         except WorkerCancelledError as exc:
             raise QgsProcessingException(str(exc)) from None
         except WorkerError as exc:
-            raise QgsProcessingException(tr(f"SlimDiffSR: {exc}")) from None
+            # An environment that lacks a package: the worker says 'make install', which users
+            # who installed the plugin from a zip cannot run; the setup algorithm repairs it.
+            repair = f"{SETUP_HINT.replace(' once', ' again')} to repair it"
+            message = str(exc).replace(MAKE_INSTALL_HINT, repair)
+            raise QgsProcessingException(tr(f"SlimDiffSR: {message}")) from None
