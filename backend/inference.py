@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backend.errors import UserInputError
 from backend.model import SlimDiffSRStudent
 from backend.model.fused_student import FusedStudent
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
@@ -36,7 +37,7 @@ RELEASE_PAD_MULTIPLE = 256
 AUTO_PRECISION_TOLERANCE = 0.01
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserInputError, RuntimeError):
     """A device or precision request that cannot be honoured, in one line."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.errors import UserInputError
 from backend.metrics import Y_WEIGHTS
 from backend.metrics import ssim as ssim_metric
 from backend.model.lr_consistency import enlarge, reduce
@@ -34,7 +35,7 @@ MIN_SAMPLE_LR = 16  # the degraded sample must keep at least this many pixels pe
 PANEL_GAP = 8
 
 
-class QualityError(ValueError):
+class QualityError(UserInputError, ValueError):
     """A quality check that cannot run; the message says what, why and what to do."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from backend import __version__
+from backend.errors import UserInputError
 from backend.model import SlimDiffSRStudent, StudentConfig
 
 FORMAT_NAME = "slimdiffsr-student"
@@ -30,7 +31,7 @@ SUPPORTED_SCALES = (2, 4, 8)
 RELEASE_SUFFIXES = (".pkl", ".pth", ".pt", ".ckpt", ".bin")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserInputError, ValueError):
     """A weight file that cannot be used; the message says what, why and what to do."""
 
 

@@ -33,16 +33,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from backend.errors import Cancelled, SlimDiffSRError, UserInputError
+
 PROTOCOL_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_BAD_REQUEST, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-class RequestError(ValueError):
+class RequestError(UserInputError, ValueError):
     """A request the worker cannot interpret (a plugin/backend version mismatch)."""
 
 
-class CancelledError(Exception):
+class CancelledError(Cancelled):
     """Raised from progress callbacks once cancellation was requested."""
+
+    def __init__(self, message: str = "cancelled; no output was written") -> None:
+        super().__init__(message)
 
 
 class Channel:
@@ -226,9 +231,9 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     report = upscale_raster(
         request["input"], request["output"], resolver, options, progress=on_progress, cancel=cancel
     )
-    if cancel():  # cancelled after the last check: the user asked for no output, honour it
-        Path(request["output"]).unlink(missing_ok=True)
-        raise CancelledError
+    # A cancel that arrives after the engine's last check finds the output complete: it is
+    # reported as done, never deleted (the previous file at that path is already replaced,
+    # so deleting would lose both).
     result = jsonable(report)
     result["model"] = model_name
     return result
@@ -259,27 +264,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any], Channel, CancelToken], dict[str, A
 }
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is already written for the user."""
-    errors: list[type[BaseException]] = [RequestError]
-    for module, name in (
-        ("backend.engine", "EngineError"),
-        ("backend.weights", "WeightsError"),
-        ("backend.inference", "InferenceError"),
-        ("backend.quality", "QualityError"),
-    ):
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, name):
-            errors.append(getattr(mod, name))
-    return tuple(errors)
-
-
 def _is_cancellation(exc: BaseException) -> bool:
-    return isinstance(exc, CancelledError | KeyboardInterrupt) or type(exc).__name__ in (
-        "Cancelled",
-        "CancelledError",
-        "EngineCancelled",
-    )
+    return isinstance(exc, Cancelled | KeyboardInterrupt)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -330,15 +316,12 @@ def serve(stdin: IO[str], stdout: IO[str], install_signals: bool = True) -> int:
         if _is_cancellation(exc) or cancel():
             channel.send("cancelled", message="cancelled; no output was written")
             return EXIT_CANCELLED
-        if isinstance(exc, _known_errors()):
+        if isinstance(exc, SlimDiffSRError):
             channel.send("error", message=str(exc))
             return EXIT_BAD_REQUEST if isinstance(exc, RequestError) else EXIT_ERROR
         channel.log("".join(traceback.format_exception(exc)).rstrip(), level="debug")
         channel.send("error", message=describe_failure(exc))
         return EXIT_ERROR
-    if cancel():
-        channel.send("cancelled", message="cancelled; no output was written")
-        return EXIT_CANCELLED
     channel.send("result", elapsed_s=round(time.monotonic() - started, 3), result=result)
     return EXIT_OK
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+
+from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, one_line
 
 HELP = "super-resolve a georeferenced raster into a tiled GeoTIFF (x2/x4/x8)"
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CANCELLED", "EXIT_FAILED", "EXIT_OK", "HELP", "add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +44,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `--help` stays fast (torch and rasterio load in seconds).
-    from backend.engine import EngineCancelled, EngineError, Progress, UpscaleOptions, upscale_raster
+    # Library warnings (torch, rasterio) are held back while the run goes: on failure the
+    # user gets our one line and nothing else; on success each distinct warning follows
+    # the summary as one "warning:" line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        code, summary = _run(args)
+    if summary:
+        print(summary)
+    if code == EXIT_OK:
+        for message in _distinct(caught):
+            print(f"warning: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str]:
+    from backend.engine import Progress, UpscaleOptions, upscale_raster
+    from backend.errors import Cancelled, SlimDiffSRError, exit_code
     from backend.signals import StopRequest
 
     options = UpscaleOptions(
@@ -67,35 +86,43 @@ def run(args: argparse.Namespace) -> int:
         with StopRequest(force_on_repeat=True) as stop:
             report = upscale_raster(args.input, args.output, None, options, progress=on_progress,
                                     cancel=lambda: bool(stop))
-    except EngineCancelled:
+    except (Cancelled, KeyboardInterrupt):
         _close(bar)
         print("cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        _close(bar)
-        print("cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
-    except EngineError as exc:
+        return EXIT_CANCELLED, ""
+    except SlimDiffSRError as exc:
         _close(bar)
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT if _is_input_error(exc) else EXIT_FAILED
-    except (OSError, RuntimeError, MemoryError) as exc:
+        return exit_code(exc), ""
+    except MemoryError:
         _close(bar)
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        print(f"error: {type(exc).__name__}: {detail}", file=sys.stderr)
-        return EXIT_FAILED
+        print("error: the computer ran out of memory; lower --tile-size or --batch-size, or close other "
+              "programs", file=sys.stderr)
+        return EXIT_FAILED, ""
+    except Exception as exc:  # a bug: still one line, with what to report
+        _close(bar)
+        detail = one_line(exc) or "no detail"
+        print(f"error: unexpected {type(exc).__name__}: {detail} (please report this with the command "
+              "you ran)", file=sys.stderr)
+        return EXIT_FAILED, ""
     _close(bar)
     w, h = report.output_size
-    print(f"wrote {report.output} ({w}x{h}, {len(report.bands)} band(s), x{report.scale}, "
-          f"{report.tiles} tiles, {report.device}, {report.elapsed_s:.1f} s)")
-    return EXIT_OK
+    geo = "" if report.georeferenced else ", no georeferencing (the input has none)"
+    return EXIT_OK, (f"wrote {report.output} ({w}x{h}, {len(report.bands)} band(s), x{report.scale}, "
+                     f"{report.tiles} tiles, {report.device}, {report.elapsed_s:.1f} s{geo})")
+
+
+def _distinct(caught: list[warnings.WarningMessage]) -> list[str]:
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            continue
+        text = one_line(w.message)
+        if text and text not in seen:
+            seen.append(text)
+    return seen
 
 
 def _close(bar: object) -> None:
     if bar is not None:
         bar.close()  # type: ignore[attr-defined]
-
-
-def _is_input_error(exc: Exception) -> bool:
-    """Errors found before any tile was computed are the user's input (exit 2)."""
-    return getattr(exc, "stage", None) in (None, "input")

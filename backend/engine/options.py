@@ -11,25 +11,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, Cancelled, SlimDiffSRError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class EngineError(RuntimeError):
-    """An expected failure, in one line for the user: what, why, what to do.
+class EngineError(SlimDiffSRError):
+    """An expected failure of the engine, in one line for the user: what, why, what to do.
 
     ``stage`` is "input" for problems found in the request or the input (bad path, bands,
-    no valid pixel) and "run" for failures while computing or writing (read error in the
-    middle of the raster, disk full, out of memory); the command line maps them to exit
-    codes 2 and 1.
+    nodata value, no valid pixel) and "run" for failures while computing or writing (read
+    error in the middle of the raster, disk full, out of memory). ``None`` means found
+    before any tile was computed, hence the input's; :func:`upscale_raster` marks errors
+    raised after that as "run". The exit code follows: 2 for input, 1 for run.
     """
 
     def __init__(self, message: str, stage: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
 
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return EXIT_FAILED if self.stage == "run" else EXIT_BAD_INPUT
 
-class EngineCancelled(EngineError):  # noqa: N818 - reads better at call sites than ...Error
+
+class EngineCancelled(EngineError, Cancelled):  # noqa: N818 - reads better at call sites than ...Error
     """The run was cancelled by the caller (cancel callback, Ctrl-C); nothing was written."""
+
+    exit_code = EXIT_CANCELLED  # type: ignore[assignment]
 
 
 @dataclass
@@ -104,6 +113,9 @@ class UpscaleReport:
     dtype: str
     crs: str
     """The output CRS as WKT (empty when the input had none)."""
+    georeferenced: bool
+    """False when the input had no geotransform (a plain JPEG or PNG): then the output has
+    none either, rather than a made-up one."""
     model: str
     device: str
     """``SuperResolver.description``: device and precision."""

@@ -50,6 +50,11 @@ class SourceInfo:
     alpha: int | None
     mask: str
     """How validity is known: 'nodata', 'alpha', 'mask' (internal mask), 'none'."""
+    files: tuple[str, ...] = ()
+    """Every file GDAL reads for this dataset (a VRT's sources, sidecars): none of them may
+    be the output."""
+    georeferenced: bool = True
+    """Whether the input has a geotransform (or GCPs/RPCs); without, the output gets none."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,36 @@ class TileInput:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def check_nodata(value: float, dtype: str) -> None:
+    """Refuse a nodata value that ``dtype`` cannot hold (300, -1, 0.5, nan or inf on uint8;
+    1e40 on float32): no pixel could equal it, and GDAL could not record it in the output."""
+    dt = np.dtype(dtype)
+    problem = None
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        if not np.isfinite(value):
+            problem = f"{dtype} pixels are whole numbers, {value} is not one"
+        elif value != int(value):
+            problem = f"{dtype} pixels are whole numbers, {value} is not one"
+        elif not info.min <= value <= info.max:
+            problem = f"{dtype} pixels range from {info.min} to {info.max}"
+    elif dt.kind == "f" and np.isfinite(value) and abs(value) > np.finfo(dt).max:
+        problem = f"{dtype} pixels cannot exceed {np.finfo(dt).max:.4g} in magnitude"
+    if problem:
+        raise EngineError(f"nodata value {value:g} cannot occur in this raster ({problem}); give a value "
+                          "the data type can hold, or none", "input")
+
+
+def _representable(value: float | None, dtype: str) -> bool:
+    if value is None:
+        return True
+    try:
+        check_nodata(value, dtype)
+    except EngineError:
+        return False
+    return True
 
 
 def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: bool,
@@ -97,7 +132,12 @@ def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: b
                 f"{path.name}: data type {dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
             )
         chosen, alpha = select_bands(src.count, tuple(src.colorinterp), parse_bands(bands), all_bands)
-        nd = nodata if nodata is not None else src.nodata
+        if nodata is not None:
+            check_nodata(nodata, dtype)
+            nd: float | None = nodata
+        else:
+            # A declared value the type cannot hold matches no pixel: it is no nodata at all.
+            nd = src.nodata if _representable(src.nodata, dtype) else None
         flags = src.mask_flag_enums[chosen[0] - 1]
         if nd is not None:
             kind = "nodata"
@@ -107,7 +147,14 @@ def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: b
             kind = "mask"
         else:
             kind = "none"
-        return SourceInfo(path, src.width, src.height, src.count, dtype, nd, chosen, alpha, kind)
+        georeferenced = (src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+                         or bool(src.rpcs))
+        try:
+            files = tuple(src.files)
+        except (RasterioError, AttributeError):
+            files = (str(path),)
+        return SourceInfo(path, src.width, src.height, src.count, dtype, nd, chosen, alpha, kind, files,
+                          georeferenced)
 
 
 class TileReader:
@@ -204,10 +251,39 @@ class TileReader:
             masks.append(valid[::f, ::f])
         return np.concatenate(parts, axis=1), np.concatenate(masks, axis=0)
 
+    def valid_pixels(self, max_pixels: int = STATS_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """Every valid pixel of the selected bands (thinned to about ``max_pixels``), from a
+        scan in strips, as a one-row image: (data [n, 1, k], valid [1, k]).
+
+        Only used when the regular sample found no valid pixel: a small valid patch can fall
+        between its pixels, and such a raster is not empty.
+        """
+        info = self.info
+        rows = max(1, STRIP_PIXELS // max(info.width, 1))
+        parts = []
+        for r0 in range(0, info.height, rows):
+            data, valid = self.read_window(r0, 0, min(rows, info.height - r0), info.width)
+            if valid.any():
+                parts.append(data[:, valid])
+        values = np.concatenate(parts, axis=1) if parts else np.zeros((len(info.bands), 0), np.float64)
+        step = max(1, values.shape[1] // max_pixels)
+        values = values[:, ::step]
+        return values[:, None, :], np.ones((1, values.shape[1]), bool)
+
     def global_radiometry(self) -> Radiometry:
-        """Value ranges from a regular sample of the whole raster (nodata excluded)."""
+        """Value ranges from a regular sample of the whole raster (nodata excluded).
+
+        A raster without any valid pixel is refused whatever its type (an all-nodata uint8
+        raster would otherwise come out as an all-nodata file, a float one be refused).
+        """
         info = self.info
         data, valid = self.sample()
+        if not valid.any():
+            data, valid = self.valid_pixels()
+        if not valid.any():
+            raise EngineError(
+                f"{info.path.name} has no valid pixel in the selected bands (all nodata or not finite); "
+                "nothing to super-resolve: check the nodata value and the bands", "input")
         groups = []
         for bands, slots in group_bands(info.bands):
             samples = data[list(slots)][:, valid].astype(np.float64).ravel()

@@ -28,12 +28,15 @@ from backend.engine.plan import TilePlan, Window, make_plan
 from backend.engine.reader import SourceInfo, TileInput, TileReader, inspect_source
 from backend.engine.writer import (
     BIGTIFF_THRESHOLD,
+    GdalErrors,
     TempOutput,
     check_disk_space,
+    check_not_a_source,
     check_paths,
     copy_metadata,
     estimate_bytes,
     output_profile,
+    remove_stale_parts,
     upsample_nearest,
     write_block,
 )
@@ -136,8 +139,10 @@ def upscale_raster(
     t0 = time.monotonic()
     src_path, dst_path = Path(input), Path(output)
     check_paths(src_path, dst_path)
+    remove_stale_parts(dst_path)  # what killed runs left (before the free-space check: it frees space)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
         info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
+        check_not_a_source(dst_path, src_path, info.files)
         if options.batch_size is not None and options.batch_size < 1:
             raise EngineError("batch size must be at least 1")
         resolver, model_name = resolve_model(model, options)
@@ -185,24 +190,31 @@ def upscale_raster(
                 }
                 threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
                 profile = output_profile(src, count, scale, info.nodata, options.compress,
-                                         options.block_size, bigtiff, threads)
+                                         options.block_size, bigtiff, threads, info.georeferenced)
                 crs_wkt = src.crs.to_wkt() if src.crs else ""
-                try:
-                    dst = rasterio.open(temp.path, "w", **profile)
-                except RasterioError as exc:
-                    raise EngineError(
-                        f"cannot create the output ({str(exc).splitlines()[0][:200]})"
-                    ) from None
-                with dst:
-                    copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                    tiles_skipped = _execute(plan, info, step, dst, cache, options, batch, progress,
-                                             cancel, t0)
-            temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff)
+                temp.create()
+                with GdalErrors.watch("writing the output"):
+                    try:
+                        dst = rasterio.open(temp.path, "w", **profile)
+                    except RasterioError as exc:
+                        raise EngineError(
+                            f"cannot create the output ({str(exc).splitlines()[0][:200]})"
+                        ) from None
+                    with dst:
+                        copy_metadata(src, dst, info.bands, info.alpha, provenance)
+                        tiles_skipped = _execute(plan, info, step, dst, cache, options, batch, progress,
+                                                 cancel, t0)
+            temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff,
+                        (plan.out_width, plan.out_height, count, info.dtype))
         except EngineError as exc:
             temp.discard()
             if exc.stage is None:
                 exc.stage = "run"
             raise
+        except MemoryError:
+            temp.discard()
+            raise EngineError("the computer ran out of memory; lower the tile size or the batch size, or "
+                              "close other programs. The previous output, if any, was kept", "run") from None
         except BaseException:
             temp.discard()
             raise
@@ -212,7 +224,8 @@ def upscale_raster(
     return UpscaleReport(
         input=str(src_path), output=str(dst_path), input_size=(info.width, info.height),
         output_size=(plan.out_width, plan.out_height), scale=scale, bands=info.bands, dtype=info.dtype,
-        crs=crs_wkt, model=model_name, device=resolver.description, tiles=len(plan),
+        crs=crs_wkt, georeferenced=info.georeferenced, model=model_name, device=resolver.description,
+        tiles=len(plan),
         tiles_skipped=tiles_skipped, tile_size=plan.tile, overlap=plan.overlap, elapsed_s=elapsed,
         radiometry=radiometry.describe(),
     )
@@ -341,12 +354,9 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
                     if info.alpha:
                         alpha = upsample_nearest(masks.read_alpha(r0, c0, h, w), s, block, (r0, c0))
                     mask = valid if info.mask == "mask" else None
-                    try:
-                        write_block(dst, block, radiometry.from_model(blended, valid), alpha, mask)
-                    except RasterioError as exc:
-                        raise EngineError(
-                            f"writing the output failed ({str(exc).splitlines()[0][:200]}); is the disk full?"
-                        ) from None
+                    values = radiometry.from_model(blended, valid)
+                    with GdalErrors.watch("writing the output"):
+                        write_block(dst, block, values, alpha, mask)
 
     reader_t, writer_t = _Worker("slimdiffsr-reader", read_loop), _Worker("slimdiffsr-writer", write_loop)
     reader_t.start()

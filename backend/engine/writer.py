@@ -1,19 +1,27 @@
 """The output: path checks, a temporary GeoTIFF beside the target, block writes, rename.
 
 Nothing ever appears at the output path until the whole raster (and its overviews or COG
-layout) is written: the data goes to ``.<name>.<random>.part.tif`` in the target's folder
-and is renamed over the target on success; on any error, cancel or Ctrl-C the temporary
-files are removed.
+layout) is written and checked: the data goes to ``.<name>.<random>.part.tif`` in the
+target's folder, every GDAL write and close is checked (:class:`GdalErrors`), the finished
+file is verified (:func:`verify_tiff`), synced, and renamed over the target; on any error,
+cancel or Ctrl-C this run's temporary files are removed (and only this run's: a run holds
+a lock on its file, so a later run can also remove what a killed one left behind).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import rasterio
@@ -23,8 +31,14 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale files are then never judged dead and left alone
+    fcntl = None  # type: ignore[assignment]
+
 from backend.engine.options import EngineError
 from backend.engine.plan import Block
+from backend.errors import one_line
 
 OUTPUT_SUFFIXES = (".tif", ".tiff")
 BIGTIFF_THRESHOLD = 3_500_000_000
@@ -55,6 +69,40 @@ def check_paths(input_path: Path, output_path: Path) -> None:
     os.unlink(probe)
 
 
+def check_not_a_source(output_path: Path, input_path: Path, files: tuple[str, ...]) -> None:
+    """Refuse an output that is any file the input reads from.
+
+    A VRT (or a raster with a sidecar mask, an .aux.xml, a .ovr) reads other files: replacing
+    one of them while the run reads it would corrupt the result and destroy the user's
+    data. ``files`` is GDAL's file list of the input dataset.
+    """
+    out = output_path.resolve()
+    for name in files:
+        source = Path(name)
+        if not source.is_absolute():
+            source = input_path.parent / source
+        try:
+            same = source.resolve() == out or (
+                out.exists() and source.exists() and os.path.samefile(source, out)
+            )
+        except OSError:
+            same = False
+        if same:
+            raise EngineError(
+                f"the output {output_path.name} is a file that the input {input_path.name} reads from "
+                f"({source}); choose another output file"
+            )
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB': sizes in the unit that makes them readable (never '0.00 GB')."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def estimate_bytes(width: int, height: int, count: int, dtype: str, overviews: bool, cog: bool) -> int:
     """Worst-case (uncompressed) size of the output, with overviews, and the COG copy."""
     size = width * height * count * np.dtype(dtype).itemsize
@@ -69,8 +117,8 @@ def check_disk_space(folder: Path, needed: int, cog: bool) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed_total:
         raise EngineError(
-            f"not enough free disk space in {folder}: the output may need up to {needed_total / 1e9:.2f} GB "
-            f"(uncompressed) and {free / 1e9:.2f} GB are free; free space or choose another folder"
+            f"not enough free disk space in {folder}: the output may need up to {human_bytes(needed_total)} "
+            f"(uncompressed) and {human_bytes(free)} are free; free space or choose another folder"
         )
 
 
@@ -82,7 +130,10 @@ slightly faster ZSTD because every GIS reads it."""
 
 
 def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodata: float | None,
-                   compress: str, block: int, bigtiff: bool, threads: str) -> dict[str, Any]:
+                   compress: str, block: int, bigtiff: bool, threads: str,
+                   georeferenced: bool = True) -> dict[str, Any]:
+    """The output's creation options. Without georeferencing in the input the output gets
+    none either (GDAL would otherwise record a made-up pixel grid at the origin)."""
     dtype = src.dtypes[0]
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -90,7 +141,6 @@ def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodat
         "height": src.height * scale,
         "count": count,
         "dtype": dtype,
-        "transform": src.transform * Affine.scale(1 / scale),
         "tiled": True,
         "blockxsize": block,
         "blockysize": block,
@@ -98,6 +148,8 @@ def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodat
         "bigtiff": "YES" if bigtiff else "NO",
         "num_threads": threads,
     }
+    if georeferenced:
+        profile["transform"] = src.transform * Affine.scale(1 / scale)
     if src.crs is not None:
         profile["crs"] = src.crs
     if nodata is not None:
@@ -137,51 +189,298 @@ def copy_metadata(src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter
     dst.update_tags(**tags)
 
 
+class GdalErrors:
+    """GDAL's failures (CE_Failure) signalled while a :meth:`watch` block runs in this thread.
+
+    GDAL reports some write errors only through its error handler (a block flushed from the
+    cache when it is full, the directory written at close, an overview level): the call
+    that caused them returns normally and rasterio only logs them (logger
+    ``rasterio._err``, level INFO). A disk that fills during a run must fail the run, so
+    the writer watches every write, the close and the finishing steps through this.
+    Messages from other Python threads (the reader's) are not counted; GDAL's own worker
+    threads (compression) are, while any watch is active.
+    """
+
+    _FORMAT = "GDAL signalled an error: err_no=%r, msg=%r"
+    _lock = threading.Lock()
+    _active: ClassVar[dict[int, list[str]]] = {}
+    _installed = False
+
+    class _Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.msg != GdalErrors._FORMAT or not isinstance(record.args, tuple) or len(record.args) < 2:
+                return
+            message = str(record.args[1])
+            with GdalErrors._lock:
+                sink = GdalErrors._active.get(threading.get_ident())
+                if sink is None and isinstance(threading.current_thread(), threading._DummyThread):
+                    sink = next(iter(GdalErrors._active.values()), None)
+                if sink is not None:
+                    sink.append(message)
+
+    @classmethod
+    def _install(cls) -> None:
+        with cls._lock:
+            if cls._installed:
+                return
+            logger = logging.getLogger("rasterio._err")
+            if not logger.isEnabledFor(logging.INFO):
+                logger.setLevel(logging.INFO)
+            logger.addHandler(cls._Handler(logging.INFO))
+            cls._installed = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def watch(cls, what: str) -> Iterator[None]:
+        """Raise a run-stage EngineError for any GDAL failure (or RasterioError) inside."""
+        cls._install()
+        key = threading.get_ident()
+        sink: list[str] = []
+        with cls._lock:
+            outer = cls._active.get(key)
+            cls._active[key] = sink
+        try:
+            yield
+        except RasterioError as exc:
+            sink.append(one_line(exc, 200))
+        finally:
+            with cls._lock:
+                if outer is None:
+                    cls._active.pop(key, None)
+                else:
+                    cls._active[key] = outer
+                    outer.extend(sink)
+        if sink:
+            raise write_failure(what, sink)
+
+
+def write_failure(what: str, messages: list[str]) -> EngineError:
+    """One line from GDAL's messages: the system's reason (no space, I/O error) first."""
+    reasons = [m.split(":", 1)[1].strip() if ":" in m and "Proc:" in m else m for m in messages]
+    reason = next((r for r in reasons if "space" in r.lower() or "quota" in r.lower()), reasons[0])
+    full = "space" in reason.lower() or "quota" in reason.lower()
+    hint = "free disk space or choose another folder" if full else "check the disk and the output folder"
+    return EngineError(f"{what} failed ({one_line(reason, 160)}); {hint}. The previous output, if any, "
+                       "was kept", "run")
+
+
+PART_PATTERN = r"\.{stem}\.(?P<token>[0-9a-f]{{8}})\.part(?:\..*)?"
+"""Names of a run's temporary files beside the output ``<stem>.tif``: the GeoTIFF
+``.<stem>.<token>.part.tif`` and its side files (``.part.cog.tif``, ``.part.tif.aux.xml``,
+``.part.tif.ovr``). The eight hex digits keep another output's files (``<stem>.x.tif``)
+out of the match."""
+
+
+def _part_files(target: Path, token: str | None = None) -> dict[str, list[Path]]:
+    """This output's temporary files in its folder, by token."""
+    pattern = re.compile(PART_PATTERN.format(stem=re.escape(target.stem)))
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return found
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m and (token is None or m["token"] == token):
+            found.setdefault(m["token"], []).append(p)
+    return found
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def remove_stale_parts(target: Path) -> list[Path]:
+    """Remove temporary files of ``target`` left by runs that died (SIGKILL, power cut).
+
+    A live run holds an exclusive ``flock`` on its ``.part.tif`` for as long as it runs;
+    a file that can be locked has no owner any more. A live run's files are never touched,
+    whoever started it. Returns the removed paths.
+    """
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
+    for token, files in _part_files(target).items():
+        main = target.with_name(f".{target.stem}.{token}.part.tif")
+        fd = None
+        if main.exists():
+            try:
+                fd = os.open(main, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # locked: a live run (or unreadable: not ours to judge)
+                if fd is not None:
+                    os.close(fd)
+                continue
+        try:
+            for p in files:
+                _unlink(p)
+                removed.append(p)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
 class TempOutput:
-    """A temporary GeoTIFF beside ``target``; :meth:`commit` renames, :meth:`discard` removes."""
+    """A temporary GeoTIFF beside ``target``; :meth:`finish` renames, :meth:`discard` removes.
+
+    :meth:`create` makes the file and holds an exclusive lock on it until the run ends, so
+    that :func:`remove_stale_parts` in another run can tell it from a dead run's leftover.
+    Only files this object created are ever removed by it.
+    """
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        token = uuid.uuid4().hex[:8]
-        self.path = target.with_name(f".{target.stem}.{token}.part.tif")
+        self.token = uuid.uuid4().hex[:8]
+        self.path = target.with_name(f".{target.stem}.{self.token}.part.tif")
         self._extra: list[Path] = []
+        self._lock_fd: int | None = None
+
+    def create(self) -> None:
+        """Create the (empty) temporary file and lock it; GDAL then writes into it."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self.token = uuid.uuid4().hex[:8]
+                self.path = self.target.with_name(f".{self.target.stem}.{self.token}.part.tif")
+                continue
+            except OSError as exc:
+                raise EngineError(f"cannot create the output in {self.target.parent} ({exc.strerror}); "
+                                  "choose a writable folder with free space", "run") from None
+            if fcntl is None:
+                self._lock_fd = fd
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # another run's stale-file clean-up may have removed it between open and lock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock_fd = fd
+                return
+            os.close(fd)
 
     def side_file(self, suffix: str) -> Path:
         p = self.path.with_name(self.path.stem + suffix)
         self._extra.append(p)
         return p
 
-    def discard(self) -> None:
-        for p in (self.path, *self._extra):
-            for candidate in (p, p.with_name(p.name + ".aux.xml"), p.with_name(p.name + ".ovr")):
-                try:
-                    candidate.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    pass
+    def _own_files(self) -> list[Path]:
+        files = [self.path, *self._extra]
+        for p in list(files):
+            files += [p.with_name(p.name + ".aux.xml"), p.with_name(p.name + ".ovr"),
+                      p.with_name(p.name + ".msk")]
+        return files
 
-    def finish(self, overviews: bool, cog: bool, compress: str, block: int, bigtiff: bool) -> None:
-        """Overviews and COG layout on the finished temporary file, then rename over the target."""
+    def discard(self) -> None:
+        """Remove every file this run created (never another run's), then release the lock."""
+        for p in self._own_files():
+            _unlink(p)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def finish(self, overviews: bool, cog: bool, compress: str, block: int, bigtiff: bool,
+               expect: tuple[int, int, int, str]) -> None:
+        """Verify, add overviews and the COG layout, verify again, then rename over the target.
+
+        ``expect`` = (width, height, count, dtype) of the output. Every GDAL step is watched
+        (:class:`GdalErrors`); a file that is incomplete in any way never reaches the target.
+        """
         final = self.path
+        verify_tiff(self.path, expect, block)
         try:
             if overviews or cog:
-                with rasterio.open(self.path, "r+") as ds:
+                with GdalErrors.watch("building overviews"), rasterio.open(self.path, "r+") as ds:
                     factors = overview_factors(ds.width, ds.height, block)
                     if factors:
                         ds.build_overviews(factors, Resampling.average)
                         ds.update_tags(ns="rio_overview", resampling="average")
+                verify_tiff(self.path, expect, block, overviews=True)
             if cog:
                 final = self.side_file(".cog.tif")
-                rasterio.shutil.copy(
-                    self.path, final, driver="COG", compress=compress or "deflate", blocksize=block,
-                    overviews="FORCE_USE_EXISTING", bigtiff="YES" if bigtiff else "IF_SAFER",
-                    num_threads="ALL_CPUS",
-                )
-        except RasterioError as exc:
-            raise EngineError(f"finishing the output failed ({str(exc).splitlines()[0][:200]})") from None
-        os.replace(final, self.target)
+                with GdalErrors.watch("writing the COG"):
+                    rasterio.shutil.copy(
+                        self.path, final, driver="COG", compress=compress or "deflate", blocksize=block,
+                        overviews="FORCE_USE_EXISTING", bigtiff="YES" if bigtiff else "IF_SAFER",
+                        num_threads="ALL_CPUS",
+                    )
+                verify_tiff(final, expect, block, overviews=True)
+        except EngineError:
+            raise
+        except (RasterioError, TypeError, ValueError, OSError) as exc:
+            # rasterio raises TypeError for a file it cannot recognise (a damaged temporary file)
+            raise EngineError(f"finishing the output failed ({one_line(exc, 200)}); free disk space or "
+                              "choose another folder. The previous output, if any, was kept", "run") from None
+        try:
+            _fsync(final)
+            os.replace(final, self.target)
+            _fsync(self.target.parent)
+        except OSError as exc:
+            raise EngineError(f"cannot put the output in place at {self.target} ({exc.strerror}); "
+                              "the previous output, if any, was kept", "run") from None
         self.discard()
+
+
+def _fsync(path: Path) -> None:
+    """Push the file (or folder entry) to the disk: some file systems report a full disk or
+    an I/O error only here, and a rename must not publish data that never arrived."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # folders on some file systems
+            raise
+    finally:
+        os.close(fd)
+
+
+def verify_tiff(path: Path, expect: tuple[int, int, int, str], block: int, overviews: bool = False) -> None:
+    """Check a finished GeoTIFF before it may replace anything: it opens, has the expected
+    size, bands and type, every tile of band 1 has a place in the file and the file is long
+    enough to hold them, the last tile decodes, and overviews exist when asked for.
+
+    Cheap (the tile index and one tile), so it runs on every output whatever its size.
+    """
+    width, height, count, dtype = expect
+    problem = None
+    try:
+        size = path.stat().st_size
+        with GdalErrors.watch("checking the output"), rasterio.open(path) as ds:
+            if (ds.width, ds.height, ds.count, ds.dtypes[0]) != (width, height, count, dtype):
+                problem = (f"it is {ds.width}x{ds.height}x{ds.count} {ds.dtypes[0]}, expected "
+                           f"{width}x{height}x{count} {dtype}")
+            else:
+                bw, bh = ds.block_shapes[0][1], ds.block_shapes[0][0]
+                nx, ny = -(-width // bw), -(-height // bh)
+                for y in range(ny):
+                    for x in range(nx):
+                        off = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)
+                        n = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=1)
+                        if not off or not n or int(n) <= 0 or int(off) + int(n) > size:
+                            problem = f"tile {x},{y} is missing or cut off"
+                            break
+                    if problem:
+                        break
+                if problem is None:
+                    ds.read(1, window=RioWindow((nx - 1) * bw, (ny - 1) * bh,
+                                                width - (nx - 1) * bw, height - (ny - 1) * bh))
+                if problem is None and overviews and not ds.overviews(1):
+                    problem = "its overviews are missing"
+    except EngineError as exc:
+        raise EngineError(f"the written output is damaged ({str(exc)[:200]})", "run") from None
+    except (RasterioError, TypeError, ValueError, OSError) as exc:
+        problem = one_line(exc, 200)
+    if problem:
+        raise EngineError(f"the written output is incomplete ({problem}); is the disk full? Free disk "
+                          "space or choose another folder. The previous output, if any, was kept", "run")
 
 
 def overview_factors(width: int, height: int, block: int) -> list[int]:

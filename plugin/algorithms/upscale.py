@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no way to tell a dead run's files; leave them
+    fcntl = None  # type: ignore[assignment]
 
 from qgis.core import (
     QgsProcessingContext,
@@ -21,16 +28,43 @@ OUTPUT_EXTENSIONS = (".tif", ".tiff")
 
 
 def remove_partial(output: Path) -> None:
-    """Remove the engine's temporary files beside ``output`` (``.<stem>.<token>.part*``).
+    """Remove temporary files beside ``output`` that no running process owns any more.
 
-    The engine cleans up after itself; this covers a worker that was killed (cancel
-    escalated to SIGKILL, out of memory) before it could.
+    The engine removes its own temporary files; this covers a worker that was killed
+    (cancel escalated to SIGKILL, out of memory) before it could. A run's files are
+    ``.<stem>.<8 hex digits>.part...`` and a live run holds an exclusive ``flock`` on its
+    ``.part.tif``; files another run (this QGIS, another one, the command line) is still
+    writing are locked and left alone, and so is any other output whose name starts with
+    ``<stem>.``. The backend applies the same rule (backend/engine/writer.py).
     """
-    for leftover in output.parent.glob(f".{output.stem}.*.part*"):
+    if fcntl is None:
+        return
+    pattern = re.compile(rf"\.{re.escape(output.stem)}\.(?P<token>[0-9a-f]{{8}})\.part(?:\..*)?")
+    groups: dict[str, list[Path]] = {}
+    try:
+        for p in output.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m:
+                groups.setdefault(m["token"], []).append(p)
+    except OSError:
+        return
+    for token, files in groups.items():
+        main = output.with_name(f".{output.stem}.{token}.part.tif")
+        fd = None
         try:
-            leftover.unlink()
+            if main.exists():
+                fd = os.open(main, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for p in files:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
         except OSError:
-            pass
+            continue  # locked: a live run's files
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 class UpscaleAlgorithm(SlimDiffSRAlgorithm):
