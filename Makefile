@@ -15,12 +15,14 @@ help:
 system:
 	@bash tools/install_system.sh
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The backend environment is made by the same code as the plugin's 'Set up SlimDiffSR
+# backend' algorithm (plugin/backend_env.py; TORCH_BUILD auto|cpu|cuda, TORCH_INDEX_URL),
+# here with the development tools added and the backend installed editable.
+TORCH_BUILD ?= auto
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml plugin/backend_env.py
 	@test -x $(SYSTEM_PYTHON) || { echo "error: $(SYSTEM_PYTHON) missing; run 'make system' as root"; exit 1; }
-	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	bash tools/install_torch.sh $(PY)
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(SYSTEM_PYTHON) -m plugin.backend_env --env $(VENV) --python $(SYSTEM_PYTHON) --torch-build $(TORCH_BUILD) \
+	  $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL)) --requirements requirements.txt --requirements requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 

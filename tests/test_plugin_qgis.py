@@ -617,3 +617,74 @@ def test_real_rasters_keep_their_georeferencing(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_upscaled(src_path, out, 4, bands)
+
+
+def test_desktop_prompt_opens_the_setup_algorithm(tmp_path) -> None:
+    """No environment: initGui puts a message-bar item whose button opens slimdiffsr:setup;
+    with an environment configured, no prompt."""
+    if not QGIS_PYTHON.exists():
+        pytest.skip("no QGIS python")
+    bare = tmp_path / "plugins" / "slimdiffsr"  # a copy without .venv, as unzipped
+    skip = shutil.ignore_patterns("__pycache__", "weights")
+    shutil.copytree(ROOT / "plugin", bare / "plugin", ignore=skip)
+    shutil.copytree(ROOT / "resources", bare / "resources", ignore=skip)
+    for name in ("__init__.py", "metadata.txt"):
+        shutil.copy(ROOT / name, bare / name)
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from qgis.core import QgsApplication
+        from qgis.gui import QgsMessageBar
+        from qgis.PyQt.QtWidgets import QPushButton
+        app = QgsApplication([], True); app.initQgis()
+        sys.path.insert(0, "/usr/share/qgis/python/plugins")
+        sys.path.insert(0, {str(bare.parent)!r})
+        from processing.core.Processing import Processing
+        Processing.initialize()
+        import processing
+        opened = []
+        processing.execAlgorithmDialog = lambda alg_id, params=None: opened.append(alg_id)
+        class Iface:
+            def __init__(self):
+                self.bar = QgsMessageBar()
+            def messageBar(self):
+                return self.bar
+        import slimdiffsr
+        out = {{}}
+        iface = Iface()
+        plugin = slimdiffsr.classFactory(iface); plugin.initGui()
+        item = iface.bar.currentItem()
+        out["text"] = item.text() if item else None
+        button = item.findChild(QPushButton, "slimdiffsr_setup_button") if item else None
+        out["button"] = button.text() if button else None
+        if button:
+            button.click()
+        out["opened"] = opened
+        alg = QgsApplication.processingRegistry().algorithmById(opened[0]) if opened else None
+        out["alg"] = alg.displayName() if alg else None
+        out["after_click"] = iface.bar.currentItem() is not None
+        plugin.unload()
+        import os
+        os.environ["SLIMDIFFSR_PYTHON"] = sys.executable
+        iface2 = Iface()
+        plugin = slimdiffsr.classFactory(iface2); plugin.initGui()
+        out["prompt_with_env"] = iface2.bar.currentItem() is not None
+        plugin.unload()
+        print(json.dumps(out), flush=True)
+        os._exit(0)
+        """
+    )
+    proc = subprocess.run(
+        [str(QGIS_PYTHON), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_qgis_env(tmp_path / "p", tmp_path / "plugins"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "the backend is not set up yet" in out["text"] and "was not found" in out["text"]
+    assert out["button"] == "Set up SlimDiffSR backend..."
+    assert out["opened"] == ["slimdiffsr:setup"] and out["alg"] == "Set up SlimDiffSR backend"
+    assert not out["after_click"]
+    assert not out["prompt_with_env"]
