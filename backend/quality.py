@@ -172,7 +172,10 @@ def _stretch(data: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
     from backend.engine.radiometry import value_range
 
     values = data[:, valid] if valid.any() else data.reshape(data.shape[0], -1)
-    lo, hi = value_range(dtype, values.ravel().astype(np.float64))
+    try:
+        lo, hi = value_range(dtype, values.ravel().astype(np.float64))
+    except UserInputError as exc:
+        raise QualityError(str(exc)) from None
     out = np.clip((data.astype(np.float32) - lo) / (hi - lo), 0, 1)
     if valid.any() and not valid.all():
         for band in out:
@@ -195,6 +198,13 @@ def read_sample(
         data = src.read(bands, window=window)
         mask = src.read_masks(bands, window=window)
         valid = np.all(mask > 0, axis=0)
+        if data.dtype.kind == "f":  # NaN and inf are never data, declared or not
+            valid &= np.isfinite(data).all(axis=0)
+        if not valid.any():
+            raise QualityError(
+                f"the sample region of {Path(path).name} has no valid pixel (all nodata or not finite); "
+                "choose an extent with data, or other bands"
+            )
         if valid.mean() < 0.5:
             raise QualityError(
                 "more than half of the sample region is nodata; choose an extent inside the image"
@@ -226,10 +236,18 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through ``<name>.part`` and rename: a failed write leaves neither a partial file
+    nor its temporary, and an older file at ``path`` is kept."""
     tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise QualityError(
+            f"cannot write {path} ({exc.strerror}); choose a writable folder with free space"
+        ) from None
 
 
 def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
@@ -349,19 +367,35 @@ def assess(
         channel=channel,
         window=window,
     )
+    scores = (report.psnr_sr, report.ssim_sr, report.psnr_bicubic, report.ssim_bicubic)
+    if any(np.isnan(v) for v in scores):
+        raise QualityError("the quality check could not be measured on this sample (a score is not a "
+                           "number); choose another extent or bands")
     report.verdict, report.helps = verdict_text(report)
     nearest = np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
     shown = [nearest, bicubic, sr, model_input]
     if replicated:
         shown = [p.mean(axis=2, keepdims=True) for p in shown]
     strip = side_by_side(shown)
+    # Everything is computed before anything is written, and a failure while writing the
+    # second file removes the first: the check leaves both files or none.
+    png_bytes = encode_png(strip)
+    outputs = []
     if options.png:
-        write_png(options.png, strip)
-        report.png = options.png
+        outputs.append((Path(options.png), png_bytes))
     if options.html:
-        page = render_html(report, encode_png(strip), path)
-        _write_atomic(Path(options.html), page.encode("utf-8"))
-        report.html = options.html
+        outputs.append((Path(options.html), render_html(report, png_bytes, path).encode("utf-8")))
+    written: list[Path] = []
+    try:
+        for target, data in outputs:
+            _write_atomic(target, data)
+            written.append(target)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        raise
+    report.png = options.png or None
+    report.html = options.html or None
     report.elapsed_s = round(time.monotonic() - started, 3)
     report_progress(1.0, "done")
     return report

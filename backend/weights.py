@@ -12,6 +12,7 @@ Two formats:
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import zipfile
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from backend import __version__
-from backend.errors import UserInputError
+from backend.errors import UserInputError, one_line
 from backend.model import SlimDiffSRStudent, StudentConfig
 
 FORMAT_NAME = "slimdiffsr-student"
@@ -33,6 +34,61 @@ RELEASE_SUFFIXES = (".pkl", ".pth", ".pt", ".ckpt", ".bin")
 
 class WeightsError(UserInputError, ValueError):
     """A weight file that cannot be used; the message says what, why and what to do."""
+
+
+MAX_CHECKPOINT_BYTES = 2 * 2**30
+"""Largest content a release checkpoint may unpack to. The paper's student is 232 MB in
+fp32; ``torch.save`` stores its zip entries uncompressed, so a file that expands far
+beyond its size on disk (a zip bomb) is refused before anything is decompressed."""
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still give (MemAvailable), or a large number when
+    the platform does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def build_student(config: StudentConfig, path: Path) -> SlimDiffSRStudent:
+    """The student ``config`` describes, after checking that it can be built and fits in memory.
+
+    The network is first laid out on torch's ``meta`` device (shapes only, no memory), so a
+    declared architecture that is malformed or far too large is refused in one line instead
+    of failing in a layer's constructor or in the allocator.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = SlimDiffSRStudent(config)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+        raise WeightsError(
+            f"{path.name}: the architecture in its metadata cannot be built ({one_line(exc, 120)}); the file "
+            "is damaged or was not written by this tool"
+        ) from None
+    needed = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    free = available_memory()
+    if needed * 2 > free:  # the tensors read from the file, and the network they are copied into
+        raise WeightsError(
+            f"{path.name} declares a network of {_size(needed)} and only {_size(free)} of memory is free; "
+            "the file's metadata is wrong, or use a machine with more memory"
+        )
+    return skeleton
 
 
 @dataclass
@@ -148,9 +204,30 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries would unpack to more than
+    :data:`MAX_CHECKPOINT_BYTES` or than half the free memory, before torch reads it."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(max(0, info.file_size) for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports a damaged file with its own reason
+    limit = min(MAX_CHECKPOINT_BYTES, available_memory() // 2)
+    if total > limit:
+        raise WeightsError(
+            f"{path.name} was refused: it would unpack to {_size(total)} "
+            f"({_size(path.stat().st_size)} on disk), "
+            f"more than the {_size(limit)} a SlimDiffSR checkpoint may take; it is not a SlimDiffSR "
+            "checkpoint (the release's are about 232 MB). Nothing was unpacked"
+        )
+
+
 def read_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a release checkpoint safely: no pickled code is ever executed."""
     path = Path(path)
+    _check_unpacked_size(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -201,9 +278,18 @@ def load_weights(path: str | Path, scale: int | None = None) -> LoadedWeights:
             )
         try:
             config = StudentConfig.from_json(meta["architecture"])
-        except (ValueError, TypeError) as exc:
-            raise WeightsError(f"{path.name}: invalid architecture metadata ({exc})") from None
-        declared = int(meta["scale"]) if meta.get("scale") else None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise WeightsError(
+                f"{path.name}: invalid architecture metadata ({one_line(exc, 160)}); the file is damaged or "
+                "was not written by this tool"
+            ) from None
+        try:
+            declared = int(meta["scale"]) if meta.get("scale") else None
+        except ValueError:
+            raise WeightsError(
+                f"{path.name}: its metadata gives the scale as {meta['scale'][:20]!r}, not a number; the "
+                "file is damaged or was not written by this tool"
+            ) from None
         chosen = _resolve_scale(declared, "file metadata", scale, path)
         metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
     elif path.suffix.lower() in RELEASE_SUFFIXES:
@@ -215,8 +301,8 @@ def load_weights(path: str | Path, scale: int | None = None) -> LoadedWeights:
         raise WeightsError(
             f"{path.name}: unknown weights format '{path.suffix}'; use .safetensors or a release .pkl/.pth"
         )
+    _check_state_dict(build_student(config, path), state, path)
     model = SlimDiffSRStudent(config)
-    _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     return LoadedWeights(model=model, scale=chosen, metadata=metadata, source=str(path))

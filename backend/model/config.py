@@ -63,7 +63,34 @@ class StudentConfig:
         return vae * 2 ** (self.depth - 1)
 
     def validate(self) -> None:
-        """Raise ValueError for combinations the modules cannot build."""
+        """Raise ValueError for values or combinations the modules cannot build.
+
+        The configuration comes from a weights file's metadata, which anyone can edit: a
+        wrong type (``vae_channels: "lots"``) must be refused here, in one line, not fail
+        deep inside a layer's constructor.
+        """
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            elif isinstance(default, float):
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+            elif isinstance(default, tuple):
+                ok = isinstance(value, tuple) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+                )
+            else:
+                ok = True
+            if not ok:
+                kind = {bool: "true or false", int: "a whole number >= 0", float: "a number > 0",
+                        tuple: "a list of whole numbers >= 0"}.get(type(default), "valid")
+                raise ValueError(f"architecture field {f.name} is {value!r}; it must be {kind}")
+        if any(c <= 0 for c in self.unet_channels) or self.norm_groups <= 0 or self.vae_channels <= 0:
+            raise ValueError("channel counts and norm_groups must be positive")
         if self.depth < 1:
             raise ValueError("unet_channels needs at least one level and the mid width")
         for c in self.unet_channels:
