@@ -19,6 +19,7 @@ import torch
 from backend.engine.options import EngineError, UpscaleOptions
 from backend.engine.radiometry import Radiometry
 from backend.inference import ColorStats, InferenceError, SuperResolver
+from backend.radiometry import split_range
 from backend.weights import LoadedWeights, WeightsError, default_weights_path, load_weights
 
 ModelLike = SuperResolver | LoadedWeights | str | Path | None
@@ -82,12 +83,20 @@ class ModelStep:
         self.stats: list[ColorStats] = []
 
     def raw(self, lr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """lr [N, G, 3, h, w] in [0, 1] -> (raw SR, bicubic input), both [N, G, 3, H, W] on CPU."""
+        """lr [N, G, 3, h, w] -> (raw SR, bicubic input), both [N, G, 3, H, W] on CPU.
+
+        The network sees the input clipped to [0, 1], the range it was trained on; what lies
+        beyond (highlights above the stretch, deep shadows below it) is enlarged bicubically
+        and added to its output, so those pixels keep their values instead of saturating.
+        """
         n, g = lr.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(lr.reshape(n * g, *lr.shape[2:]))) * 2 - 1
+        inside, excess = split_range(np.ascontiguousarray(lr.reshape(n * g, *lr.shape[2:])))
+        x = torch.from_numpy(inside) * 2 - 1
         try:
             up = self.resolver.upsample(x)
             sr = self.resolver.consistent(self.resolver.restore(up)[0], x)
+            if excess is not None:  # values beyond the stretch: the identity path (bicubic)
+                sr = sr + self.resolver.upsample(torch.from_numpy(excess) * 2).to(sr.device)
         except torch.OutOfMemoryError:
             raise EngineError(
                 f"the device ran out of memory on a batch of {n} tiles; "
@@ -121,14 +130,15 @@ class ModelStep:
         return bool(getattr(self.resolver, "color_match", True))
 
     def finish(self, sr: torch.Tensor) -> np.ndarray:
-        """Raw SR of one window [G, 3, H, W] -> output bands [n, H, W] in [0, 1] (float32)."""
+        """Raw SR of one window [G, 3, H, W] -> output bands [n, H, W] (float32; [0, 1] at the
+        stretch's ends)."""
         n_out = sum(len(g.bands) for g in self.radiometry.groups)
         out = np.empty((n_out, *sr.shape[-2:]), dtype=np.float32)
         for gi, g in enumerate(self.radiometry.groups):
             x = sr[gi : gi + 1]
             if self.color_match:
                 x = self.stats[gi].apply(x)
-            img = (x / 2 + 0.5).clamp(0, 1)[0]
+            img = (x / 2 + 0.5)[0]  # not clamped: the data type's limits bound the output
             if len(g.bands) == 1:
                 out[g.slots[0]] = img.mean(dim=0).numpy()
             else:

@@ -10,7 +10,8 @@ shows as jumps between tiles):
   Pooling keeps the ratios between bands, hence the colour balance.
 
 The inverse maps the model's output back to the input's units and data type. Values
-outside the percentile range saturate at its ends (documented in docs/engine.md).
+outside the percentile range are not clipped: the model step carries them past the network
+(:func:`backend.radiometry.split_range`), so only the data type's own limits bound the output.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from rasterio.enums import ColorInterp
 from scipy import ndimage
 
 from backend.engine.options import EngineError
+from backend.radiometry import stretch_range
 
-LOW_PERCENTILE = 0.1
-HIGH_PERCENTILE = 99.9
 STATS_MAX_PIXELS = 2_000_000
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -64,7 +64,8 @@ class Radiometry:
         return tuple(out)
 
     def to_model(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Raw values of :attr:`bands` [n, h, w] -> model input [groups, 3, h, w] in [0, 1].
+        """Raw values of :attr:`bands` [n, h, w] -> model input [groups, 3, h, w], [0, 1] at the
+        stretch's ends and beyond them outside.
 
         Invalid pixels are filled with their nearest valid neighbour before the model sees
         them, so a nodata collar (often 0 = black) cannot bleed into valid pixels through
@@ -78,11 +79,12 @@ class Radiometry:
             span = max(g.hi - g.lo, 1e-12)
             for ci, k in enumerate(g.channels()):
                 out[gi, ci] = (x[g.slots[k]] - np.float32(g.lo)) / np.float32(span)
-        np.clip(out, 0.0, 1.0, out=out)
-        return np.nan_to_num(out, copy=False)
+        # Not clipped to [0, 1]: values beyond the stretch go round the network through the
+        # identity path (ModelStep.raw), so highlights keep their values.
+        return np.nan_to_num(out, copy=False, posinf=1.0, neginf=0.0)
 
     def from_model(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Blended output bands [n, h, w] in [0, 1] -> the input's data type.
+        """Blended output bands [n, h, w] ([0, 1] at the stretch's ends) -> the input's data type.
 
         Invalid pixels get the nodata value (0 when there is none); valid pixels whose value
         would equal the nodata value are nudged by one step so they stay valid.
@@ -182,15 +184,10 @@ def group_bands(bands: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int
 
 def value_range(dtype: str, samples: np.ndarray) -> tuple[float, float]:
     """(lo, hi) for one group from its valid sample values (1-D)."""
-    if dtype == "uint8":
-        return 0.0, 255.0
-    if samples.size == 0:
+    stretch = stretch_range(dtype, samples)
+    if stretch is None:
         raise EngineError("the selected bands have no valid pixel (all nodata); nothing to super-resolve")
-    lo, hi = np.percentile(samples, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    lo, hi = float(lo), float(hi)
-    if not hi > lo:
-        hi = lo + (1.0 if np.dtype(dtype).kind in "iu" else max(abs(lo) * 1e-6, 1e-6))
-    return lo, hi
+    return stretch
 
 
 def decimated_shape(height: int, width: int, max_pixels: int = STATS_MAX_PIXELS) -> tuple[int, int]:

@@ -8,9 +8,9 @@ Choices that are ours (the paper trains on AID, 8-bit RGB photographs, where non
 arises):
 
 * radiometry: uint8 is divided by 255; every other dtype is stretched with one low/high
-  pair per file, the 0.5 / 99.5 percentiles of the valid pixels of the chosen bands
-  pooled together (a shared stretch keeps the colour balance between bands), computed
-  once from a decimated read so a huge file costs one small read;
+  pair per file, the percentiles of :mod:`backend.radiometry` (the engine's) of the valid
+  pixels of the chosen bands pooled together (a shared stretch keeps the colour balance
+  between bands), computed once from a decimated read so a huge file costs one small read;
 * bands: red/green/blue by colour interpretation, else the first three bands; a 1- or
   2-band raster uses its first band three times (the student is an RGB network);
 * nodata: the dataset's own mask (nodata value, alpha band, internal mask) plus pixels
@@ -40,8 +40,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from backend.radiometry import stretch_range, to_unit
+
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
-PERCENTILES = (0.5, 99.5)
 STATS_MAX_SIDE = 1024
 
 
@@ -71,8 +72,7 @@ class RasterSource:
 
     def to_unit(self, values: np.ndarray) -> np.ndarray:
         """Raw values -> float32 in [0, 1] with this file's stretch."""
-        scaled = (values.astype(np.float32) - self.low) / max(self.high - self.low, 1e-12)
-        return np.clip(scaled, 0.0, 1.0)
+        return to_unit(values, self.low, self.high)
 
 
 def find_rasters(paths: Sequence[str | Path]) -> list[Path]:
@@ -128,21 +128,17 @@ def describe_raster(path: str | Path) -> RasterSource:
         with ds:
             bands = choose_bands(ds.colorinterp)
             dtype = np.dtype(ds.dtypes[bands[0] - 1])
-            if dtype == np.uint8:
-                low, high = 0.0, 255.0
-            else:
+            stretch: tuple[float, float] | None = (0.0, 255.0)
+            if dtype != np.uint8:
                 factor = max(ds.width, ds.height) / STATS_MAX_SIDE
                 shape = (max(1, round(ds.height / max(factor, 1))), max(1, round(ds.width / max(factor, 1))))
                 unique = sorted(set(bands))
                 values = ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.nearest)
                 valid = _valid_mask(ds, bands, values, out_shape=shape)
-                pooled = values[:, valid].astype(np.float64).ravel()
-                pooled = pooled[np.isfinite(pooled)]
-                if pooled.size == 0:
-                    raise DataError(f"{path}: no valid pixels in bands {bands}")
-                low, high = (float(v) for v in np.percentile(pooled, PERCENTILES))
-                if high <= low:
-                    high = low + 1.0
+                stretch = stretch_range(dtype, values[:, valid])
+            if stretch is None:
+                raise DataError(f"{path}: no valid pixels in bands {bands}")
+            low, high = stretch
             return RasterSource(str(path), ds.width, ds.height, bands, low, high, dtype.itemsize)
 
 

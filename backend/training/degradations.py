@@ -36,11 +36,16 @@ class BicubicDegradation:
 
 
 def make_degrader(name: str, scale: int):
-    """``bicubic`` or ``realesrgan`` (the paper's second-order pipeline)."""
+    """``bicubic``, ``sensor`` (remote-sensing PSF, reductions, noise, JPEG) or
+    ``realesrgan`` (the paper's second-order pipeline)."""
     if name == "bicubic":
         return BicubicDegradation(scale)
+    if name == "sensor":
+        from backend.training.sensor_degradation import SensorDegradation
+
+        return SensorDegradation(scale)
     if name == "realesrgan":
         from backend.training.realesrgan import RealESRGANDegradation
 
         return RealESRGANDegradation(scale)
-    raise ValueError(f"unknown degradation '{name}'; use bicubic or realesrgan")
+    raise ValueError(f"unknown degradation '{name}'; use bicubic, sensor or realesrgan")

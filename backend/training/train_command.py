@@ -43,7 +43,7 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
     g.add_argument("--val-fraction", type=float, default=0.1, help="share of files held out (default 0.1)")
     g.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     g.add_argument("--crop", type=int, default=128, help="HR crop size in pixels (default 128; paper 256)")
-    g.add_argument("--degradation", choices=("bicubic", "realesrgan"), default="bicubic")
+    g.add_argument("--degradation", choices=("bicubic", "sensor", "realesrgan"), default="bicubic")
     g.add_argument(
         "--lr-consistency",
         action="store_true",
