@@ -331,6 +331,10 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
                     return
         _put(inbox, _DONE, stop)
 
+    # Without a nodata value, alpha or mask, a float raster's NaN/inf pixels are its only
+    # way to say "no data"; they come out as they went in instead of being filled.
+    keep_non_finite = info.mask == "none" and np.dtype(info.dtype).kind == "f"
+
     def write_loop() -> None:
         blender = Blender(plan, n_out)
         s = plan.scale
@@ -348,13 +352,15 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
                 window, values = item
                 for block, blended in blender.add(window, values):
                     r0, c0, h, w = plan.input_window_of(block)
-                    _, valid_lr = masks.read_window(r0, c0, h, w)
+                    data_lr, valid_lr = masks.read_window(r0, c0, h, w)
                     valid = upsample_nearest(valid_lr, s, block, (r0, c0))
                     alpha = None
                     if info.alpha:
                         alpha = upsample_nearest(masks.read_alpha(r0, c0, h, w), s, block, (r0, c0))
                     mask = valid if info.mask == "mask" else None
                     values = radiometry.from_model(blended, valid)
+                    if keep_non_finite and not valid.all():
+                        _carry_non_finite(values, data_lr, valid, s, block, (r0, c0))
                     with GdalErrors.watch("writing the output"):
                         write_block(dst, block, values, alpha, mask)
 
@@ -396,6 +402,18 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
         stop.set()
         for t in (reader_t, writer_t):
             t.join(timeout=30)
+
+
+def _carry_non_finite(values: np.ndarray, data_lr: np.ndarray, valid: np.ndarray, scale: int, block: Any,
+                      origin: tuple[int, int]) -> None:
+    """Put the input's NaN/inf values (nearest, per band) where the output is invalid."""
+    up = upsample_nearest(data_lr, scale, block, origin)
+    invalid = ~valid
+    for b in range(values.shape[0]):
+        bad = invalid & ~np.isfinite(up[b])
+        values[b][bad] = up[b][bad]
+        rest = invalid & ~bad  # another band is not finite here: this one is no data either
+        values[b][rest] = np.nan
 
 
 def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]
