@@ -74,34 +74,46 @@ def lanczos_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.from_numpy(up)[None].clamp(0, 1)
 
 
-def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> dict[str, object]:
-    """PSNR/SSIM on Y for bicubic, Lanczos and the model, on bicubic and realistic LR."""
+# The LR syntheses of the evaluation: the benchmark (antialiased bicubic), the fixed
+# moderate realistic degradation (backend.degradation.realistic), and the other plain
+# reductions a product may have gone through (robustness to the kernel).
+EVAL_DEGRADATIONS = ("bicubic", "realistic", "bicubic-point", "bilinear", "bilinear-point", "area")
+
+
+def evaluate(
+    weights: Path,
+    folder: Path,
+    scale: int,
+    device: str = "cpu",
+    degradations: tuple[str, ...] = EVAL_DEGRADATIONS,
+) -> dict[str, object]:
+    """PSNR/SSIM on Y for bicubic, Lanczos and the model (with and without its LR-consistency
+    step) under each LR synthesis; means over the rasters and per raster (PSNR-Y)."""
+    from backend.degradation import degrade
     from backend.metrics import psnr, rgb_to_y, ssim_index
-    from backend.training.degradations import bicubic_downscale
-    from backend.training.realesrgan import RealESRGANDegradation
 
     loaded = load_weights(weights, scale=scale)
     resolver = SuperResolver.from_weights(loaded, device, "fp32")  # as the plugin runs it
-    realistic = RealESRGANDegradation(scale)
     images = load_eval_images(folder, scale)
     results: dict[str, dict[str, list[float]]] = {}
     seconds, pixels = 0.0, 0
     for index, image in enumerate(images):
-        generator = torch.Generator().manual_seed(1000 + index)
-        lrs = {
-            "bicubic-degraded": bicubic_downscale(image.hr, scale),
-            "realistic-degraded": realistic(image.hr, generator).clamp(0, 1),
-        }
-        for kind, lr in lrs.items():
+        for kind in degradations:
+            lr = degrade(image.hr, scale, kind, seed=1000 + index)
+            x = lr * 2 - 1
             start = time.perf_counter()
-            sr = resolver.super_resolve(lr[0].permute(1, 2, 0).numpy())
+            with torch.no_grad():
+                up = resolver.upsample(x)
+                network = resolver.restore(up)[0]
+                sr = resolver.consistent(network, x) if loaded.lr_consistency else network
             seconds += time.perf_counter() - start
-            pixels += sr.shape[0] * sr.shape[1]
-            bicubic = enlarge(lr, scale)
+            pixels += sr.shape[-2] * sr.shape[-1]
             outputs = {
-                "bicubic": bicubic.clamp(0, 1),
+                "bicubic": enlarge(lr, scale).clamp(0, 1),
                 "lanczos": lanczos_upsample(lr, scale),
-                "model": torch.from_numpy(sr).permute(2, 0, 1)[None],
+                "model": (sr.cpu() / 2 + 0.5).clamp(0, 1),
+                "network-alone": (network.cpu() / 2 + 0.5).clamp(0, 1),
+                "with-lr-consistency": (resolver_consistent(network, x, scale).cpu() / 2 + 0.5).clamp(0, 1),
             }
             y_hr = rgb_to_y(image.hr)
             for method, out in outputs.items():
@@ -112,13 +124,40 @@ def evaluate(weights: Path, folder: Path, scale: int, device: str = "cpu") -> di
     summary = {
         key: {m: round(float(np.mean(v)), 3) for m, v in metrics.items()} for key, metrics in results.items()
     }
+    per_raster = {key: [round(v, 3) for v in metrics["psnr_y"]] for key, metrics in results.items()}
     return {
         "weights": str(weights),
         "scale": scale,
         "images": [im.name for im in images],
         "metrics": summary,
+        "per_raster_psnr_y": per_raster,
         "model_mpx_per_s_fp32_whole_image": round(pixels / seconds / 1e6, 3),
     }
+
+
+def resolver_consistent(network: torch.Tensor, lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The network output with one LR-consistency step, whatever the weights record."""
+    from backend.model.lr_consistency import enforce_lr_consistency
+
+    return enforce_lr_consistency(network, lr.to(network.device), scale)
+
+
+def gains(report: dict[str, object], method: str = "model") -> dict[str, dict[str, object]]:
+    """Per LR synthesis: mean PSNR-Y gain of ``method`` over bicubic and the per-raster gains."""
+    metrics = report["metrics"]
+    per_raster = report["per_raster_psnr_y"]
+    assert isinstance(metrics, dict) and isinstance(per_raster, dict)
+    out: dict[str, dict[str, object]] = {}
+    for key in metrics:
+        kind, m = key.split("/")
+        if m != method:
+            continue
+        base = per_raster[f"{kind}/bicubic"]
+        out[kind] = {
+            "mean": round(metrics[key]["psnr_y"] - metrics[f"{kind}/bicubic"]["psnr_y"], 3),
+            "per_raster": [round(a - b, 3) for a, b in zip(per_raster[key], base, strict=True)],
+        }
+    return out
 
 
 def finalize(trained: Path, out: Path) -> Path:
@@ -195,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(weights, Path(args.shared) / "data" / "eval", args.scale)
     text = json.dumps(report, indent=2)
     print(text)
+    for method in ("model", "network-alone", "with-lr-consistency"):
+        print(f"PSNR-Y gain over bicubic, {method}:")
+        for kind, g in gains(report, method).items():
+            print(f"  {kind:20s} {g['mean']:+.3f} dB  per raster {g['per_raster']}")
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0

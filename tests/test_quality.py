@@ -9,14 +9,20 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from backend.quality import (
+    CHECKS,
+    LABEL_HEIGHT,
+    PANEL_GAP,
     AssessOptions,
     QualityError,
+    QualityReport,
+    ReductionScore,
     assess,
     bicubic_upscale,
     degrade,
     encode_png,
     psnr,
     ssim,
+    verdict_text,
 )
 
 
@@ -55,13 +61,34 @@ def test_metrics_on_known_cases() -> None:
     assert ssim(a, np.zeros_like(a)) < 0.1
 
 
-def test_degrade_and_bicubic_shapes_and_ranges() -> None:
+@pytest.mark.parametrize("kind", [k for k, _ in CHECKS])
+def test_degrade_and_bicubic_shapes_and_ranges(kind: str) -> None:
     hr = smooth_image(96, 128, 3)
-    lr = degrade(hr, 4)
+    lr = degrade(hr, 4, kind)
     assert lr.shape == (24, 32, 3) and 0 <= lr.min() and lr.max() <= 1
+    np.testing.assert_allclose(lr * 255, np.round(lr * 255), atol=1e-4)  # 8-bit levels, as products
     up = bicubic_upscale(lr, 4)
     assert up.shape == hr.shape
     assert psnr(up, hr) > 20  # a smooth image survives x4 bicubic well
+
+
+def _report(*gains: tuple[float, float]) -> QualityReport:
+    checks = [
+        ReductionScore(kind, label, 30.0 + g, 0.8 + s, 30.0, 0.8)
+        for (kind, label), (g, s) in zip(CHECKS, gains, strict=True)
+    ]
+    return QualityReport(0, 0, 0, 0, "", False, 4, "cpu", "w", [1, 2, 3], "luma", checks=checks)
+
+
+def test_verdict_helps_only_under_every_reduction() -> None:
+    """A model that wins on the benchmark reduction but loses on another must not be called helpful."""
+    text, helps = verdict_text(_report((1.0, 0.02), (0.5, 0.01), (0.3, 0.0)))
+    assert helps and "under every reduction" in text and "+1.00 dB" in text
+    text, helps = verdict_text(_report((1.0, 0.02), (-1.5, -0.02), (0.3, 0.0)))
+    assert not helps and "does not beat bicubic" in text
+    assert f"under {CHECKS[1][1]} (" in text and f"{CHECKS[1][1]}: -1.50 dB" in text
+    # within 0.1 dB but clearly better structure still counts as helping
+    assert verdict_text(_report((0.05, 0.01), (0.5, 0.0), (0.2, 0.0)))[1]
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -93,10 +120,20 @@ def test_assess_reports_both_methods_and_writes_outputs(tmp_path, tiny_weights) 
     assert report.psnr_bicubic > 25 and 0 < report.ssim_bicubic <= 1
     assert np.isfinite(report.psnr_sr) and -1 <= report.ssim_sr <= 1
     assert report.device == "cpu, fp32" and seen[0] == 0.0 and seen[-1] == 1.0
+    assert [c.kind for c in report.checks] == [k for k, _ in CHECKS]
+    worst = min(report.checks, key=lambda c: c.gain)
+    assert (report.psnr_sr, report.psnr_bicubic) == (worst.psnr_sr, worst.psnr_bicubic)
+    assert report.helps == all(c.helps() for c in report.checks)
+    # blur, noise and JPEG cost bicubic more than the clean reduction does
+    by_kind = {c.kind: c for c in report.checks}
+    assert by_kind["realistic"].psnr_bicubic < by_kind["bicubic"].psnr_bicubic
     with rasterio.open(report.png) as png:
-        assert (png.width, png.height) == (4 * 128 + 3 * 8, 128)
+        assert (png.width, png.height) == (4 * 128 + 3 * PANEL_GAP, len(CHECKS) * (2 * LABEL_HEIGHT + 128))
+        strip = png.read()
+    assert (strip[:, :LABEL_HEIGHT, :] < 128).any()  # a label is drawn above the panels
     page = (tmp_path / "q.html").read_text()
-    assert f"{report.psnr_sr:.2f}" in page and "data:image/png;base64," in page
+    assert all(f"{c.psnr_sr:.2f}" in page and c.label in page for c in report.checks)
+    assert "data:image/png;base64," in page
     assert not list(tmp_path.rglob("*.part"))
 
 

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.quality import side_by_side, write_png  # noqa: E402
+from backend.quality import labelled_grid, write_png  # noqa: E402
 from tools.demo_data import DEFAULT_MEMBER, download, extract  # noqa: E402
 
 BUILD = ROOT / "build" / "demo"
@@ -79,7 +79,8 @@ def preview(src_path: Path, dst_path: Path, png: Path, scale: int) -> None:
         hr_window = Window(window.col_off * scale, window.row_off * scale, size * scale, size * scale)
         sr = dst.read([1, 2, 3], window=hr_window)
     nearest = np.repeat(np.repeat(lr, scale, axis=1), scale, axis=2)
-    write_png(png, side_by_side([stretch(nearest, lo, hi), stretch(sr, lo, hi)]))
+    panels = [("input (nearest)", stretch(nearest, lo, hi)), (f"SlimDiffSR x{scale}", stretch(sr, lo, hi))]
+    write_png(png, labelled_grid([(f"{src_path.name}, bands {BANDS}", panels)]))
 
 
 def main() -> int:

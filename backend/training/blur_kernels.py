@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from backend.degradation import gaussian_grid
+
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 
 
@@ -24,26 +26,11 @@ def choice(generator: torch.Generator, weights: tuple[float, ...] | list[float])
     return int(torch.multinomial(w / w.sum(), 1, generator=generator))
 
 
-def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    yy, xx = torch.meshgrid(r, r, indexing="ij")
-    return xx, yy
-
-
-def mahalanobis(size: int, sigma_x: float, sigma_y: float, theta: float) -> torch.Tensor:
-    """``x^T S^-1 x`` on a size x size grid, ``S = R diag(sx^2, sy^2) R^T``."""
-    xx, yy = _grid(size)
-    c, s = math.cos(theta), math.sin(theta)
-    u = c * xx + s * yy
-    v = -s * xx + c * yy
-    return (u / sigma_x) ** 2 + (v / sigma_y) ** 2
-
-
 def family_kernel(
     family: str, size: int, sigma_x: float, sigma_y: float, theta: float, beta: float = 1.0
 ) -> torch.Tensor:
     """One normalized kernel of a family (``beta`` ignored by the plain Gaussians)."""
-    q = mahalanobis(size, sigma_x, sigma_y, theta)
+    q = gaussian_grid(size, sigma_x, sigma_y, theta)
     if family in ("iso", "aniso"):
         k = torch.exp(-0.5 * q)
     elif family.startswith("generalized"):
@@ -57,7 +44,8 @@ def family_kernel(
 
 def sinc_kernel(size: int, cutoff: float) -> torch.Tensor:
     """Circular low-pass: ``wc * J1(wc r) / (2 pi r)``, normalized (Real-ESRGAN's sinc filter)."""
-    xx, yy = _grid(size)
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
     r = torch.sqrt(xx**2 + yy**2)
     k = torch.empty_like(r)
     nz = r > 0
