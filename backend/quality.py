@@ -31,8 +31,7 @@ import torch
 
 from backend.degradation import degrade as degrade_by
 from backend.errors import UserInputError
-from backend.metrics import Y_WEIGHTS
-from backend.metrics import ssim as ssim_metric
+from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.model.lr_consistency import enlarge
 
 MIN_SAMPLE_LR = 16  # the degraded sample must keep at least this many pixels per side
@@ -116,22 +115,10 @@ LogFn = Callable[[str], None]
 # -- metrics ----------------------------------------------------------------------------
 
 
-def luma(image: np.ndarray) -> np.ndarray:
-    """HxWx3 RGB in [0, 1] -> HxW BT.601 Y in [16/255, 235/255], as SR papers measure."""
-    return (16.0 + image @ np.array(Y_WEIGHTS, dtype=np.float64)) / 255.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two images in [0, 1] (dB; inf when identical)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Structural similarity of two HxW images in [0, 1] (Gaussian window 11, sigma 1.5)."""
-    x = torch.as_tensor(np.asarray(a, np.float64))[None, None]
-    y = torch.as_tensor(np.asarray(b, np.float64))[None, None]
-    return float(ssim_metric(x, y))
+def scores(pred: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(PSNR in dB, SSIM) of one-channel [1, 1, H, W] images in [0, 1], by backend.metrics:
+    the numbers of the model card and of training validation."""
+    return float(psnr(pred, reference)[0]), float(ssim_index(pred, reference)[0])
 
 
 # -- degradation and restoration ------------------------------------------------------------
@@ -401,16 +388,15 @@ def assess(
     model_input = np.repeat(reference, 3, axis=2) if replicated else reference
     say(f"sample: {window['width']}x{window['height']} pixels at column {window['col_off']}, "
         f"row {window['row_off']}, bands {bands}")
-    if replicated:
-        channel = f"band {bands[0]}"
+    channel = f"band {bands[0]}" if replicated else "luma (Y) channel"
 
-        def measured(image: np.ndarray) -> np.ndarray:
-            return image.mean(axis=2)
-    else:
-        channel = "luma (Y) channel"
-        measured = luma
-    shave = (slice(scale, -scale), slice(scale, -scale))
-    ref_c = measured(model_input)[shave]
+    def measured(image: np.ndarray) -> torch.Tensor:
+        """HxWx3 -> [1, 1, H, W] luma (or the band itself), ``scale`` pixels shaved."""
+        t = _to_tensor(image).double()
+        y = t.mean(dim=1, keepdim=True) if replicated else rgb_to_y(t)
+        return y[..., scale:-scale, scale:-scale]
+
+    ref_c = measured(model_input)
     checks: list[ReductionScore] = []
     rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
     for index, (kind, label) in enumerate(CHECKS):
@@ -418,15 +404,7 @@ def assess(
         lr = degrade(model_input, scale, kind)
         bicubic = bicubic_upscale(lr, scale)
         sr = resolver.super_resolve(lr)
-        sr_c, bic_c = measured(sr)[shave], measured(bicubic)[shave]
-        score = ReductionScore(
-            kind=kind,
-            label=label,
-            psnr_sr=psnr(sr_c, ref_c),
-            ssim_sr=ssim(sr_c, ref_c),
-            psnr_bicubic=psnr(bic_c, ref_c),
-            ssim_bicubic=ssim(bic_c, ref_c),
-        )
+        score = ReductionScore(kind, label, *scores(measured(sr), ref_c), *scores(measured(bicubic), ref_c))
         if any(np.isnan(v) for v in (score.psnr_sr, score.ssim_sr, score.psnr_bicubic, score.ssim_bicubic)):
             raise QualityError("the quality check could not be measured on this sample (a score is not a "
                                "number); choose another extent or bands")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -20,8 +21,7 @@ from backend.quality import (
     bicubic_upscale,
     degrade,
     encode_png,
-    psnr,
-    ssim,
+    scores,
     verdict_text,
 )
 
@@ -52,13 +52,13 @@ def write_raster(path, data: np.ndarray, dtype: str = "uint16", nodata=None) -> 
 
 
 def test_metrics_on_known_cases() -> None:
-    a = smooth_image(64, 64, 1)[..., 0]
-    assert psnr(a, a) == float("inf")
-    assert ssim(a, a) == pytest.approx(1.0)
-    noisy = np.clip(a + 0.01, 0, 1)
-    assert psnr(a, a + 0.01) == pytest.approx(40.0, abs=1e-4)  # mse 1e-4 -> 40 dB
-    assert 0.9 < ssim(a, noisy) < 1.0
-    assert ssim(a, np.zeros_like(a)) < 0.1
+    """The check's scores are backend.metrics' (identical images: the metrics' 100 dB cap)."""
+    a = torch.from_numpy(smooth_image(64, 64, 1)[..., 0]).double()[None, None]
+    assert scores(a, a) == pytest.approx((100.0, 1.0))
+    p, s = scores(a + 0.01, a)
+    assert p == pytest.approx(40.0, abs=1e-4)  # mse 1e-4 -> 40 dB
+    assert 0.9 < scores((a + 0.01).clamp(0, 1), a)[1] < 1.0
+    assert scores(torch.zeros_like(a), a)[1] < 0.1
 
 
 @pytest.mark.parametrize("kind", [k for k, _ in CHECKS])
@@ -69,7 +69,8 @@ def test_degrade_and_bicubic_shapes_and_ranges(kind: str) -> None:
     np.testing.assert_allclose(lr * 255, np.round(lr * 255), atol=1e-4)  # 8-bit levels, as products
     up = bicubic_upscale(lr, 4)
     assert up.shape == hr.shape
-    assert psnr(up, hr) > 20  # a smooth image survives x4 bicubic well
+    first = (torch.from_numpy(np.ascontiguousarray(x[..., 0]))[None, None] for x in (up, hr))
+    assert scores(*first)[0] > 20  # a smooth image survives x4 bicubic well
 
 
 def _report(*gains: tuple[float, float]) -> QualityReport:
