@@ -15,6 +15,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+from backend.bands import BandListError, parse_bands
 from backend.engine.options import EngineError
 from backend.engine.plan import Window
 from backend.engine.radiometry import (
@@ -24,7 +25,6 @@ from backend.engine.radiometry import (
     Radiometry,
     decimated_shape,
     group_bands,
-    parse_bands,
     select_bands,
     value_range,
 )
@@ -66,6 +66,9 @@ class TileInput:
 
 
 def _one_line(exc: BaseException) -> str:
+    # rasterio chains GDAL's own message as the cause of a generic "See previous exception"
+    while "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
@@ -131,7 +134,11 @@ def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: b
             raise EngineError(
                 f"{path.name}: data type {dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
             )
-        chosen, alpha = select_bands(src.count, tuple(src.colorinterp), parse_bands(bands), all_bands)
+        try:
+            wanted = parse_bands(bands)
+        except BandListError as exc:
+            raise EngineError(str(exc), "input") from None
+        chosen, alpha = select_bands(src.count, tuple(src.colorinterp), wanted, all_bands)
         if nodata is not None:
             check_nodata(nodata, dtype)
             nd: float | None = nodata

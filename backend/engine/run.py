@@ -13,16 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.errors import RasterioError
 
 from backend import __version__
 from backend.engine.blender import Blender
-from backend.engine.model import ModelLike, ModelStep, resolve_model
 from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
 from backend.engine.plan import TilePlan, Window, make_plan
 from backend.engine.reader import SourceInfo, TileInput, TileReader, inspect_source
@@ -40,6 +38,11 @@ from backend.engine.writer import (
     upsample_nearest,
     write_block,
 )
+
+if TYPE_CHECKING:  # torch and the model load only once the input has passed its checks
+    import torch
+
+    from backend.engine.model import ModelLike, ModelStep
 
 DEFAULT_TILE_OUT = 768
 """Default tile side in output pixels of the paper's student at a batch of four; other
@@ -145,6 +148,10 @@ def upscale_raster(
         check_not_a_source(dst_path, src_path, info.files)
         if options.batch_size is not None and options.batch_size < 1:
             raise EngineError("batch size must be at least 1")
+        # Imported only now: a bad path or input is refused in a fraction of a second instead
+        # of after the seconds torch takes to load.
+        from backend.engine.model import ModelStep, resolve_model
+
         resolver, model_name = resolve_model(model, options)
         scale = resolver.scale
         batch = options.batch_size or default_batch(resolver.device)
