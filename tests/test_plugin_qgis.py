@@ -260,7 +260,7 @@ def test_upscale_parameters(qgis: Qgis) -> None:
     ("params", "message"),
     [
         ({"BANDS": "5,6,7"}, "do not all exist"),
-        ({"BANDS": "1,1,2"}, "repeat a band"),
+        ({"BANDS": "1,1,2"}, "repeats a band"),
         ({"BANDS": "red"}, "not a list of band numbers"),
         ({"OUTPUT": "out.png"}, "not a GeoTIFF"),
     ],

@@ -129,24 +129,6 @@ def fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return x[:, idx[0], idx[1]]
 
 
-def parse_bands(spec: str | tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:
-    """"4,3,2" (1-based) -> (4, 3, 2); None stays None. Raises EngineError when malformed."""
-    if spec is None or spec == "":
-        return None
-    if isinstance(spec, str):
-        try:
-            bands = tuple(int(p) for p in spec.replace(" ", "").split(","))
-        except ValueError:
-            raise EngineError(
-                f"bad band list '{spec}': use comma-separated 1-based band numbers such as 4,3,2"
-            ) from None
-    else:
-        bands = tuple(int(b) for b in spec)
-    if not bands:
-        raise EngineError("empty band list: give 1-based band numbers such as 4,3,2")
-    return bands
-
-
 def select_bands(
     count: int, colorinterp: tuple[ColorInterp, ...], bands: tuple[int, ...] | None, all_bands: bool
 ) -> tuple[tuple[int, ...], int | None]:

@@ -23,6 +23,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from ...backend.bands import parse_bands
 from ..settings import backend_env_dir, backend_python_setting
 from ..worker_client import SETUP_HINT, WorkerCancelledError, WorkerError, locate_python, run_request
 
@@ -57,22 +58,6 @@ def absolute(path: str) -> str:
     if ":" in path and not Path(path).exists():
         return path
     return str(Path(path).absolute())
-
-
-def parse_bands(text: str) -> list[int] | None:
-    """'4,3,2' -> [4, 3, 2]; '' -> None. Raises ValueError with a readable message."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        bands = [int(part) for part in text.replace(";", ",").replace(" ", ",").split(",") if part]
-    except ValueError:
-        raise ValueError(f"bands '{text}' are not a list of band numbers; write e.g. 4,3,2") from None
-    if not bands:
-        raise ValueError("the band list is empty; write e.g. 4,3,2 or leave it empty for the default")
-    if len(set(bands)) != len(bands):
-        raise ValueError(f"bands '{text}' repeat a band; list each band once, e.g. 4,3,2")
-    return bands
 
 
 class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
