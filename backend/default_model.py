@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -48,12 +49,13 @@ class EvalImage:
     hr: torch.Tensor  # [1, 3, H, W] in [0, 1], H and W multiples of the scale
 
 
-def load_eval_images(folder: Path, scale: int) -> list[EvalImage]:
-    """Every raster of ``folder`` as RGB in [0, 1] with the training data's stretch."""
+def load_eval_images(folder: Path, scale: int, files: list[Path] | None = None) -> list[EvalImage]:
+    """Every raster of ``folder`` (or the given ``files`` under it) as RGB in [0, 1] with the
+    training data's stretch."""
     from backend.training.data import describe_raster, find_rasters
 
     images = []
-    for path in find_rasters([folder]):
+    for path in files if files is not None else find_rasters([folder]):
         source = describe_raster(path)
         with rasterio.open(path) as ds:
             h = min(ds.height, EVAL_MAX_SIDE) // scale * scale
@@ -86,6 +88,7 @@ def evaluate(
     scale: int,
     device: str = "cpu",
     degradations: tuple[str, ...] = EVAL_DEGRADATIONS,
+    files: list[Path] | None = None,
 ) -> dict[str, object]:
     """PSNR/SSIM on Y for bicubic, Lanczos and the model (with and without its LR-consistency
     step) under each LR synthesis; means over the rasters and per raster (PSNR-Y)."""
@@ -94,7 +97,7 @@ def evaluate(
 
     loaded = load_weights(weights, scale=scale)
     resolver = SuperResolver.from_weights(loaded, device, "fp32")  # as the plugin runs it
-    images = load_eval_images(folder, scale)
+    images = load_eval_images(folder, scale, files)
     results: dict[str, dict[str, list[float]]] = {}
     seconds, pixels = 0.0, 0
     for index, image in enumerate(images):
@@ -144,9 +147,8 @@ def resolver_consistent(network: torch.Tensor, lr: torch.Tensor, scale: int) -> 
 
 def gains(report: dict[str, object], method: str = "model") -> dict[str, dict[str, object]]:
     """Per LR synthesis: mean PSNR-Y gain of ``method`` over bicubic and the per-raster gains."""
-    metrics = report["metrics"]
-    per_raster = report["per_raster_psnr_y"]
-    assert isinstance(metrics, dict) and isinstance(per_raster, dict)
+    metrics = cast(dict[str, dict[str, float]], report["metrics"])
+    per_raster = cast(dict[str, list[float]], report["per_raster_psnr_y"])
     out: dict[str, dict[str, object]] = {}
     for key in metrics:
         kind, m = key.split("/")
@@ -160,7 +162,7 @@ def gains(report: dict[str, object], method: str = "model") -> dict[str, dict[st
     return out
 
 
-def finalize(trained: Path, out: Path) -> Path:
+def finalize(trained: Path, out: Path, lr_consistency: bool = True) -> Path:
     """The trained run's weights -> the shipped file (name, no colour match, provenance).
 
     The compact student learns the image itself (L1 to the HR image), so it ships with
@@ -189,7 +191,7 @@ def finalize(trained: Path, out: Path) -> Path:
         input_bands="RGB (or one band replicated)",
         training=training if isinstance(training, dict) else {"summary": str(training)},
         color_match=False,
-        lr_consistency=True,
+        lr_consistency=lr_consistency,
         extra={
             "model_card": "MODEL_CARD.md",
             "license": "MIT (weights); training data licences: MANIFEST",
@@ -217,21 +219,39 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("finalize", help="trained run weights -> resources/weights file")
     f.add_argument("trained")
     f.add_argument("out")
+    f.add_argument(
+        "--no-lr-consistency",
+        action="store_true",
+        help="ship without the back-projection step (it assumes the antialiased bicubic kernel)",
+    )
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
     e.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     e.add_argument("--weights", help="default: the bundled model for --scale")
     e.add_argument("--shared", default="../shared")
     e.add_argument("--json", help="also write the results here")
+    e.add_argument(
+        "--held-out-seed",
+        type=int,
+        help="evaluate on the training files a run with this seed held out (data/train), not on eval/; "
+        "for choices such as the LR-consistency step, which must not be tuned on eval/",
+    )
     args = parser.parse_args(argv)
     if args.command == "init":
         save_safetensors(initial_student(), args.out, args.scale, name="compact student, untrained")
         print(f"wrote {args.out}")
         return 0
     if args.command == "finalize":
-        print(f"wrote {finalize(Path(args.trained), Path(args.out))}")
+        print(f"wrote {finalize(Path(args.trained), Path(args.out), not args.no_lr_consistency)}")
         return 0
     weights = Path(args.weights) if args.weights else default_weights_path(args.scale)
-    report = evaluate(weights, Path(args.shared) / "data" / "eval", args.scale)
+    if args.held_out_seed is not None:
+        from backend.training.data import find_rasters, stable_split
+
+        folder = Path(args.shared) / "data" / "train"
+        held_out = stable_split(find_rasters([folder]), 0.1, args.held_out_seed)[1]
+        report = evaluate(weights, folder, args.scale, files=held_out)
+    else:
+        report = evaluate(weights, Path(args.shared) / "data" / "eval", args.scale)
     text = json.dumps(report, indent=2)
     print(text)
     for method in ("model", "network-alone", "with-lr-consistency"):
