@@ -21,6 +21,7 @@ from rasterio.errors import RasterioError
 
 from backend import __version__
 from backend.engine.blender import Blender
+from backend.engine.finish import finish_block
 from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
 from backend.engine.plan import TilePlan, Window, make_plan
 from backend.engine.reader import SourceInfo, TileInput, TileReader, inspect_source
@@ -35,7 +36,6 @@ from backend.engine.writer import (
     estimate_bytes,
     output_profile,
     remove_stale_parts,
-    upsample_nearest,
     write_block,
 )
 
@@ -338,13 +338,8 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
                     return
         _put(inbox, _DONE, stop)
 
-    # Without a nodata value, alpha or mask, a float raster's NaN/inf pixels are its only
-    # way to say "no data"; they come out as they went in instead of being filled.
-    keep_non_finite = info.mask == "none" and np.dtype(info.dtype).kind == "f"
-
     def write_loop() -> None:
         blender = Blender(plan, n_out)
-        s = plan.scale
         env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True)
         with env, TileReader(info) as masks:
             while True:
@@ -358,18 +353,9 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
                     return
                 window, values = item
                 for block, blended in blender.add(window, values):
-                    r0, c0, h, w = plan.input_window_of(block)
-                    data_lr, valid_lr = masks.read_window(r0, c0, h, w)
-                    valid = upsample_nearest(valid_lr, s, block, (r0, c0))
-                    alpha = None
-                    if info.alpha:
-                        alpha = upsample_nearest(masks.read_alpha(r0, c0, h, w), s, block, (r0, c0))
-                    mask = valid if info.mask == "mask" else None
-                    values = radiometry.from_model(blended, valid)
-                    if keep_non_finite and not valid.all():
-                        _carry_non_finite(values, data_lr, valid, s, block, (r0, c0))
+                    done = finish_block(plan, info, radiometry, masks, block, blended)
                     with GdalErrors.watch("writing the output"):
-                        write_block(dst, block, values, alpha, mask)
+                        write_block(dst, block, done.values, done.alpha, done.mask)
 
     reader_t, writer_t = _Worker("slimdiffsr-reader", read_loop), _Worker("slimdiffsr-writer", write_loop)
     reader_t.start()
@@ -409,18 +395,6 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
         stop.set()
         for t in (reader_t, writer_t):
             t.join(timeout=30)
-
-
-def _carry_non_finite(values: np.ndarray, data_lr: np.ndarray, valid: np.ndarray, scale: int, block: Any,
-                      origin: tuple[int, int]) -> None:
-    """Put the input's NaN/inf values (nearest, per band) where the output is invalid."""
-    up = upsample_nearest(data_lr, scale, block, origin)
-    invalid = ~valid
-    for b in range(values.shape[0]):
-        bad = invalid & ~np.isfinite(up[b])
-        values[b][bad] = up[b][bad]
-        rest = invalid & ~bad  # another band is not finite here: this one is no data either
-        values[b][rest] = np.nan
 
 
 def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]
