@@ -84,6 +84,15 @@ class UpscaleOptions:
     """GDAL compression threads for the output; None: all CPUs."""
     extra_tags: dict[str, str] = field(default_factory=dict)
     """Additional dataset tags written into the output."""
+    scheduler: str | None = None
+    """A Dask scheduler (``tcp://HOST:PORT``) or ``local:N`` (a local cluster of N worker
+    processes) to run on; None or "": this process's threads (docs/cluster.md)."""
+    region_tiles: int | None = None
+    """On a cluster: windows per region side (one task each); None: regions of about 2048
+    output pixels."""
+    task_resources: dict[str, float] = field(default_factory=dict)
+    """On a cluster: resources each task needs (``{"GPU": 1}``), matching workers started
+    with ``--resources GPU=1``."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,8 @@ class UpscaleReport:
     overlap: int
     elapsed_s: float
     radiometry: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    """On a cluster: each worker's address and device; empty for a local run."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

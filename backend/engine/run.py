@@ -127,6 +127,7 @@ def upscale_raster(
     options: UpscaleOptions | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> UpscaleReport:
     """Super-resolve ``input`` into a georeferenced GeoTIFF at ``output``.
 
@@ -137,8 +138,16 @@ def upscale_raster(
 
     Raises EngineError (one-line message for the user), EngineCancelled (a subclass), or
     KeyboardInterrupt unchanged.
+
+    With ``options.scheduler`` the same plan runs on a Dask cluster
+    (:mod:`backend.engine.cluster`; ``log`` then receives the cluster's address, workers
+    and devices); without, on this process's threads, and dask is never imported.
     """
     options = options or UpscaleOptions()
+    if options.scheduler:
+        from backend.engine.cluster import upscale_raster_on_cluster
+
+        return upscale_raster_on_cluster(input, output, model, options, progress, cancel, log)
     t0 = time.monotonic()
     src_path, dst_path = Path(input), Path(output)
     check_paths(src_path, dst_path)

@@ -1,0 +1,409 @@
+"""``upscale_raster`` on a Dask cluster: one raster cut into regions, one writer.
+
+The client (this process) checks the input and the output exactly as the local engine
+does, measures the global radiometry, asks one worker for the colour statistics, then
+submits one task per region of the plan (:mod:`backend.engine.regions`) and one per seam.
+Workers read their windows from the shared input, run the model they loaded once, blend
+and finish the blocks; the client receives finished blocks (in the output's data type)
+and writes them into the temporary GeoTIFF, which is renamed when complete, as locally.
+
+Why one writer on the client rather than per-region files assembled by GDAL: a GeoTIFF
+can only be written by one process, so assembled parts cost a second full pass (read,
+decode, compress again) after the cluster is done; the single writer compresses each
+block once, while the cluster computes (docs/cluster.md has the measurement).
+
+Memory: the client holds at most ``in_flight`` region results and no accumulators (seam
+blocks are blended by seam tasks on the workers), so its memory does not grow with the
+raster. A worker that dies loses its tasks and the results it held; the scheduler runs
+them again elsewhere, and as each block is written exactly once, from whichever copy
+arrives first, nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.errors import RasterioError
+
+from backend import __version__
+from backend.engine.cluster_tasks import (
+    ModelSpec,
+    RegionJob,
+    color_stats,
+    finish_seam,
+    model_info,
+    pick,
+    run_region,
+)
+from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
+from backend.engine.plan import make_plan
+from backend.engine.reader import TileReader, inspect_source
+from backend.engine.regions import default_region_tiles, split_plan
+from backend.engine.run import (
+    GDAL_CACHE_MB,
+    default_batch,
+    default_overlap,
+    default_tile,
+    max_tile_out,
+)
+from backend.engine.writer import (
+    BIGTIFF_THRESHOLD,
+    GdalErrors,
+    TempOutput,
+    check_disk_space,
+    check_not_a_source,
+    check_paths,
+    copy_metadata,
+    estimate_bytes,
+    output_profile,
+    remove_stale_parts,
+    write_block,
+)
+from backend.errors import one_line
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long to try reaching a scheduler before giving up (the whole error comes well
+within 30 s)."""
+WORKERS_TIMEOUT_S = 60.0
+"""How long to wait for a reachable scheduler to have at least one worker."""
+SCHEDULER_ENV = "SLIMDIFFSR_SCHEDULER"
+
+LogFn = Callable[[str], None]
+
+
+@dataclass
+class Cluster:
+    """A connected client, the local cluster it started (if any) and what its workers said."""
+
+    client: Any
+    address: str
+    local: Any = None
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def dashboard(self) -> str:
+        """The scheduler's dashboard address, or why there is none."""
+        try:
+            info = self.client.scheduler_info()
+            port = info.get("services", {}).get("dashboard")
+        except Exception:
+            port = None
+        if not port:
+            return "none (install bokeh where the scheduler runs to get one)"
+        host = self.address.split("://")[-1].rsplit(":", 1)[0] or "127.0.0.1"
+        return f"http://{host}:{port}/status"
+
+    def summary(self) -> str:
+        """'cluster ADDRESS: N worker(s) (2 x cpu, fp32)'."""
+        devices: dict[str, int] = {}
+        for w in self.workers.values():
+            devices[w["device"]] = devices.get(w["device"], 0) + 1
+        text = ", ".join(f"{n} x {d}" for d, n in devices.items())
+        return f"cluster {self.address}: {len(self.workers)} worker(s) ({text})"
+
+    def describe(self) -> str:
+        return f"{self.summary()}; dashboard {self.dashboard}"
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=10)
+        if self.local is not None:
+            with contextlib.suppress(Exception):
+                self.local.close(timeout=10)
+
+
+def _quiet_logs() -> None:
+    """Dask logs every lost connection and restarted task at WARNING; the user gets our
+    one-line summary instead (the logs stay available at DEBUG through logging config)."""
+    for name in ("distributed", "distributed.client", "distributed.core", "distributed.comm",
+                 "distributed.batched", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Cluster:
+    """A client for ``tcp://HOST:PORT`` (or any Dask address), or ``local:N``: a local
+    cluster of N single-threaded worker processes on 127.0.0.1.
+
+    Raises a one-line EngineError (exit 2) when the scheduler cannot be reached in
+    ``timeout`` seconds or has no worker."""
+    from distributed import Client, LocalCluster
+
+    _quiet_logs()
+    address = address.strip()
+    local = None
+    if address.startswith("local"):
+        try:
+            n = int(address.partition(":")[2] or 2)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise EngineError(f"scheduler {address!r}: write local:N with N the number of worker processes, "
+                              "e.g. local:2") from None
+        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        client = Client(local, timeout=timeout)
+        shown = f"local:{n} ({local.scheduler_address})"
+    else:
+        if "://" not in address:
+            address = f"tcp://{address}"
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise EngineError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
+                              f"({type(exc).__name__}); start it (dask scheduler) or check the address "
+                              f"and the firewall, or run locally without --scheduler") from None
+        shown = address
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        client.close()
+        if local is not None:
+            local.close()
+        raise EngineError(f"the Dask scheduler at {shown} has no worker after {WORKERS_TIMEOUT_S:.0f} s; "
+                          "start workers (dask worker ADDRESS) or run locally without --scheduler") from None
+    return Cluster(client, shown, local)
+
+
+@contextlib.contextmanager
+def open_cluster(address: str) -> Iterator[Cluster]:
+    cluster = connect(address)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def probe_workers(cluster: Cluster, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """Load the model once on every worker (it stays loaded for the tasks that follow) and
+    collect what each reports: host, device, model."""
+    client = cluster.client
+    addresses = list(client.scheduler_info()["workers"])
+    futures = {a: client.submit(model_info, spec, workers=[a], allow_other_workers=False, pure=False)
+               for a in addresses}
+    try:
+        cluster.workers = {a: f.result() for a, f in futures.items()}
+    except EngineError as exc:
+        raise EngineError(f"on the cluster's workers: {exc}") from None
+    return cluster.workers
+
+
+def _model_spec(model: Any, options: UpscaleOptions) -> ModelSpec:
+    """What every worker loads. Workers load from a path they can see (shared storage);
+    an already loaded model of this process is named by ``options.weights``."""
+    from pathlib import PurePath
+
+    weights = options.weights
+    if isinstance(model, str | PurePath):
+        weights = model
+    elif model is not None and getattr(model, "path", None) is not None:
+        weights = model.path
+    return ModelSpec(None if weights is None else str(Path(weights).resolve()), options.scale, options.device,
+                     options.precision)
+
+
+def _check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise EngineCancelled("cancelled; nothing was written")
+
+
+def upscale_raster_on_cluster(input: str | Path, output: str | Path, model: Any = None,
+                              options: UpscaleOptions | None = None,
+                              progress: Callable[[Progress], None] | None = None,
+                              cancel: Callable[[], bool] | None = None, log: LogFn | None = None,
+                              cluster: Cluster | None = None) -> UpscaleReport:
+    """``upscale_raster`` with its windows computed on ``options.scheduler`` (or on an
+    already connected ``cluster``): same checks, same plan, same file."""
+    options = options or UpscaleOptions()
+    t0 = time.monotonic()
+    src_path, dst_path = Path(input), Path(output)
+    check_paths(src_path, dst_path)
+    remove_stale_parts(dst_path)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
+        info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
+        check_not_a_source(dst_path, src_path, info.files)
+        if options.batch_size is not None and options.batch_size < 1:
+            raise EngineError("batch size must be at least 1")
+        with contextlib.ExitStack() as stack:
+            if cluster is None:
+                cluster = stack.enter_context(open_cluster(str(options.scheduler)))
+            spec = _model_spec(model, options)
+            workers = cluster.workers or probe_workers(cluster, spec)
+            if log:
+                log(cluster.describe())
+            return _run(cluster, spec, workers, src_path, dst_path, info, options, progress, cancel, t0)
+    raise AssertionError("unreachable")
+
+
+def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], src_path: Path,
+         dst_path: Path, info: Any, options: UpscaleOptions, progress: Any, cancel: Any,
+         t0: float) -> UpscaleReport:
+    import torch
+
+    first = next(iter(workers.values()))
+    # The plan follows the workers' device as the local engine follows its own: every
+    # worker runs the same plan, so GPU workers get the GPU's tiles and batches.
+    device = torch.device(first["device_type"])
+    scale = first["scale"]
+    batch = options.batch_size or default_batch(device)
+    tile = options.tile_size or default_tile(scale, first["vae_channels"], batch, info.width * scale,
+                                             len(info.bands), options.block_size, max_tile_out(device))
+    overlap = options.overlap if options.overlap is not None else default_overlap(scale, first["margin"])
+    if tile < 8 or overlap < 0:
+        raise EngineError(f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
+                          "pixels and an overlap of 0 or more")
+    try:
+        plan = make_plan(info.width, info.height, scale, tile, overlap, first["multiple"], options.block_size)
+    except ValueError as exc:
+        raise EngineError(f"{exc}; choose a smaller --overlap or a larger --tile-size") from None
+    count = len(info.bands) + (1 if info.alpha else 0)
+    size = estimate_bytes(plan.out_width, plan.out_height, count, info.dtype, options.overviews, options.cog)
+    check_disk_space(dst_path.parent, size, options.cog)
+    with TileReader(info) as reader:
+        radiometry = reader.global_radiometry()
+    client = cluster.client
+    resources = dict(options.task_resources) or None
+    stats: list[Any] = []
+    futures: set[Any] = set()
+    temp = TempOutput(dst_path)
+    try:
+        if first["color_match"]:
+            f = client.submit(color_stats, spec, plan, info, radiometry, max(1, options.stat_windows), batch,
+                              pure=False, resources=resources)
+            futures.add(f)
+            while not f.done():
+                _check_cancel(cancel)
+                time.sleep(0.05)
+            stats = f.result()
+            futures.discard(f)
+        bigtiff = size > BIGTIFF_THRESHOLD
+        with rasterio.open(src_path) as src:
+            provenance = {
+                "SLIMDIFFSR_MODEL": first["model"], "SLIMDIFFSR_SCALE": str(scale),
+                "SLIMDIFFSR_PRECISION": first["device"].rpartition(", ")[2],
+                "SLIMDIFFSR_DEVICE": f"Dask {cluster.summary()}",
+                "SLIMDIFFSR_VERSION": __version__, "SLIMDIFFSR_SOURCE": src_path.name,
+                "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)), **options.extra_tags,
+            }
+            threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
+            profile = output_profile(src, count, scale, info.nodata, options.compress, options.block_size,
+                                     bigtiff, threads, info.georeferenced)
+            crs_wkt = src.crs.to_wkt() if src.crs else ""
+            temp.create()
+            with GdalErrors.watch("writing the output"):
+                try:
+                    dst = rasterio.open(temp.path, "w", **profile)
+                except RasterioError as exc:
+                    raise EngineError(f"cannot create the output ({one_line(exc, 200)})") from None
+                with dst:
+                    copy_metadata(src, dst, info.bands, info.alpha, provenance)
+                    skipped = _compute_and_write(client, spec, plan, info, radiometry, stats, batch, options,
+                                                 resources, dst, futures, progress, cancel, t0)
+        temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff,
+                    (plan.out_width, plan.out_height, count, info.dtype))
+    except EngineError as exc:
+        _cancel(client, futures)
+        temp.discard()
+        if exc.stage is None:
+            exc.stage = "run"
+        raise
+    except BaseException:
+        _cancel(client, futures)
+        temp.discard()
+        raise
+    elapsed = time.monotonic() - t0
+    if progress:
+        progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
+    return UpscaleReport(
+        input=str(src_path), output=str(dst_path), input_size=(info.width, info.height),
+        output_size=(plan.out_width, plan.out_height), scale=scale, bands=info.bands, dtype=info.dtype,
+        crs=crs_wkt, georeferenced=info.georeferenced, model=first["model"],
+        device=cluster.summary(), tiles=len(plan), tiles_skipped=skipped,
+        tile_size=plan.tile, overlap=plan.overlap, elapsed_s=elapsed, radiometry=radiometry.describe(),
+        workers=[f"{a} ({w['device']})" for a, w in cluster.workers.items()],
+    )
+
+
+def _cancel(client: Any, futures: set[Any]) -> None:
+    """Stop the cluster's work for this run (queued and running tasks, held results)."""
+    with contextlib.suppress(Exception):
+        client.cancel(list(futures), force=True)
+
+
+def _compute_and_write(client: Any, spec: ModelSpec, plan: Any, info: Any, radiometry: Any, stats: list[Any],
+                       batch: int, options: UpscaleOptions, resources: Any, dst: Any, futures: set[Any],
+                       progress: Any, cancel: Any, t0: float) -> int:
+    """Submit regions (a bounded number ahead of the writer) and seams; write what comes back.
+
+    ``futures`` holds the futures this client still needs (for cancelling them): a region's
+    own future is dropped once its parts are picked, a part once its seam is submitted, so
+    the cluster frees each result as soon as nothing needs it."""
+    from distributed import wait
+
+    regions, seams = split_plan(plan, options.region_tiles or default_region_tiles(plan))
+    seam_blocks = {s.index: s.blocks for s in seams}
+    n_workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+    in_flight = 2 * n_workers + 2
+    parts: dict[int, dict[int, Any]] = {s.index: {} for s in seams}
+    pending: dict[Any, str] = {}
+    next_region = 0
+    written = tiles_done = skipped = 0
+    total_blocks = plan.block_grid[0] * plan.block_grid[1]
+
+    def submit_region(r: Any) -> None:
+        job = RegionJob(spec, plan, info, radiometry, stats, batch, r, {s: seam_blocks[s] for s in r.seams})
+        fut = client.submit(run_region, job, pure=False, priority=-r.index, resources=resources)
+        done = client.submit(pick, fut, "finished", pure=False, priority=-r.index)
+        futures.add(done)
+        pending[done] = "region"
+        for s in r.seams:
+            part = client.submit(pick, fut, s, pure=False, priority=-r.index)
+            futures.add(part)
+            parts[s][r.index] = part
+            seam = seams[s]
+            if len(parts[s]) == len(seam.regions):
+                ordered = [parts[s][i] for i in seam.regions]
+                sf = client.submit(finish_seam, plan, info, radiometry, seam, *ordered, pure=False,
+                                   priority=1)
+                futures.add(sf)
+                futures.difference_update(ordered)
+                pending[sf] = "seam"
+                del parts[s]
+
+    while written < total_blocks:
+        _check_cancel(cancel)
+        regions_waiting = sum(1 for kind in pending.values() if kind == "region")
+        while next_region < len(regions) and regions_waiting < in_flight:
+            submit_region(regions[next_region])
+            next_region += 1
+            regions_waiting += 1
+        if not pending:
+            raise EngineError("the cluster run ended with blocks not written (a bug; please report it)")
+        try:
+            done, _ = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            continue
+        for fut in done:
+            kind = pending.pop(fut)
+            result = fut.result()  # re-raises the task's error here
+            blocks = result["finished"] if kind == "region" else result
+            for b in blocks:
+                with GdalErrors.watch("writing the output"):
+                    write_block(dst, plan.block_at(b.row, b.col), b.values, b.alpha, b.mask)
+            written += len(blocks)
+            futures.discard(fut)
+            if kind == "region":
+                tiles_done += result["tiles"]
+                skipped += result["skipped"]
+                if progress:
+                    elapsed = time.monotonic() - t0
+                    eta = elapsed / tiles_done * (len(plan) - tiles_done) if tiles_done else None
+                    progress(Progress(tiles_done / len(plan) * 0.99, tiles_done, len(plan), elapsed, eta))
+            fut.release()
+    return skipped

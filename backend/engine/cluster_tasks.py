@@ -1,0 +1,169 @@
+"""What Dask workers run: model info, colour statistics, regions, seams, whole files.
+
+Plain functions of picklable arguments, so that any Dask worker with the backend
+installed runs them; nothing here imports dask. Each worker process loads a model once
+(:func:`worker_model`) and reuses it for every task it runs, on the device it picks
+itself (a GPU worker its GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rasterio
+
+from backend.engine.blender import Blender, Piece, contribution, sum_contributions
+from backend.engine.finish import FinishedBlock, finish_block
+from backend.engine.options import UpscaleOptions
+from backend.engine.plan import TilePlan
+from backend.engine.radiometry import Radiometry
+from backend.engine.reader import SourceInfo, TileReader
+from backend.engine.regions import Region, Seam
+
+if TYPE_CHECKING:
+    from backend.inference import ColorStats, SuperResolver
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a worker loads: weights path (None: bundled default), scale, device, precision."""
+
+    weights: str | None
+    scale: int | None
+    device: str
+    precision: str
+
+
+_MODELS: dict[ModelSpec, tuple[SuperResolver, str]] = {}
+_LOCK = threading.Lock()
+
+
+def worker_model(spec: ModelSpec) -> tuple[SuperResolver, str]:
+    """This process's model for ``spec``: loaded on first use, then reused by every task."""
+    with _LOCK:
+        if spec not in _MODELS:
+            from backend.engine.model import resolve_model
+
+            options = UpscaleOptions(weights=spec.weights, scale=spec.scale, device=spec.device,
+                                     precision=spec.precision)
+            _MODELS[spec] = resolve_model(None, options)
+        return _MODELS[spec]
+
+
+def model_info(spec: ModelSpec) -> dict[str, Any]:
+    """Load the model on this worker and say what the client needs to plan: scale, the
+    network's size multiple, width, receptive margin, colour match, device."""
+    resolver, name = worker_model(spec)
+    return {
+        "host": socket.gethostname(), "pid": os.getpid(), "model": name, "scale": resolver.scale,
+        "multiple": resolver.multiple, "vae_channels": resolver.model.config.vae_channels,
+        "margin": resolver.receptive_margin, "color_match": bool(getattr(resolver, "color_match", True)),
+        "device": resolver.description, "device_type": resolver.device.type,
+    }
+
+
+def color_stats(spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry,
+                stat_windows: int, batch: int) -> list[ColorStats]:
+    """The global colour-match statistics, as the local engine computes them."""
+    from backend.engine.model import ModelStep
+    from backend.engine.run import _estimate_stats
+
+    step = ModelStep(worker_model(spec)[0], radiometry)
+    _estimate_stats(plan, info, step, UpscaleOptions(stat_windows=stat_windows), batch, None)
+    return step.stats
+
+
+@dataclass(frozen=True)
+class RegionJob:
+    """Everything a region task needs (small: no pixels)."""
+
+    spec: ModelSpec
+    plan: TilePlan
+    info: SourceInfo
+    radiometry: Radiometry
+    stats: list[Any]
+    batch: int
+    region: Region
+    seams: dict[int, tuple[tuple[int, int], ...]]
+    """Seam index -> its blocks, for the seams this region computes pieces for."""
+
+
+def run_region(job: RegionJob) -> dict[Any, Any]:
+    """Read, run and blend one region's windows.
+
+    Returns ``{"finished": [FinishedBlock], "tiles": n, "skipped": n, seam: {block: [Piece]}}``;
+    the finished blocks go to the writer, the pieces to the seam tasks.
+    """
+    from backend.engine.model import ModelStep
+    from backend.engine.run import GDAL_CACHE_MB, _run_batch
+
+    plan, info = job.plan, job.info
+    step = ModelStep(worker_model(job.spec)[0], job.radiometry)
+    step.stats = list(job.stats)
+    channels = len(info.bands)
+    blender = Blender(plan, channels, job.region.own_blocks)
+    seam_of = {b: s for s, blocks in job.seams.items() for b in blocks}
+    out: dict[Any, Any] = {s: {} for s in job.seams}
+    finished: list[FinishedBlock] = []
+    skipped = 0
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info, job.radiometry) as reader:
+        windows = [plan.window(i) for i in job.region.windows]
+        for i in range(0, len(windows), job.batch):
+            batch = [reader.read_tile(w) for w in windows[i : i + job.batch]]
+            for window, values in _run_batch(step, batch, {}):
+                skipped += values is None
+                if values is not None:
+                    weight = plan.weight(window)
+                    for block in plan.blocks_of(window):
+                        s = seam_of.get((block.row, block.col))
+                        if s is not None:
+                            out[s].setdefault((block.row, block.col), []).append(
+                                contribution(plan, window, values, weight, block))
+                for block, blended in blender.add(window, values):
+                    finished.append(finish_block(plan, info, job.radiometry, reader, block, blended))
+    out.update(finished=finished, tiles=len(windows), skipped=skipped)
+    return out
+
+
+def pick(result: dict[Any, Any], key: Any) -> Any:
+    """One part of a region's result (runs where the result lies: no transfer of the rest)."""
+    if key == "finished":
+        return {"finished": result["finished"], "tiles": result["tiles"], "skipped": result["skipped"]}
+    return result[key]
+
+
+def finish_seam(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, seam: Seam,
+                *parts: dict[tuple[int, int], list[Piece]]) -> list[FinishedBlock]:
+    """Blend and finish a seam's blocks from the pieces of the regions around it."""
+    from backend.engine.run import GDAL_CACHE_MB
+
+    done = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info) as masks:
+        for key in seam.blocks:
+            pieces = [p for part in parts for p in part.get(key, [])]
+            block = plan.block_at(*key)
+            blended = sum_contributions(plan, block, pieces, len(info.bands))
+            done.append(finish_block(plan, info, radiometry, masks, block, blended))
+    return done
+
+
+def upscale_file(spec: ModelSpec, input: str, output: str, options: UpscaleOptions) -> dict[str, Any]:
+    """One file of a batch, on this worker with its cached model: the local engine."""
+    from backend.engine.run import upscale_raster
+
+    resolver, name = worker_model(spec)
+    report = upscale_raster(input, output, resolver, replace(options, scheduler=None))
+    result = report.as_dict()
+    result["model"] = name
+    result["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    return result
+
+
+def exists(path: str) -> bool:
+    """Whether this worker sees ``path`` (the shared-storage check)."""
+    return Path(path).exists()
