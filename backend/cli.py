@@ -15,6 +15,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "upscale": "backend.engine.command",
+    "upscale-batch": "backend.engine.batch_command",
     "convert": "backend.convert_command",
     "train": "backend.training.train_command",
     "teacher": "backend.training.teacher_command",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import rasterio
 
 from backend.engine.blender import Blender, Piece, contribution, sum_contributions
 from backend.engine.finish import FinishedBlock, finish_block
-from backend.engine.options import UpscaleOptions
+from backend.engine.options import EngineCancelled, UpscaleOptions
 from backend.engine.plan import TilePlan
 from backend.engine.radiometry import Radiometry
 from backend.engine.reader import SourceInfo, TileReader
@@ -152,12 +153,31 @@ def finish_seam(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, seam: 
     return done
 
 
-def upscale_file(spec: ModelSpec, input: str, output: str, options: UpscaleOptions) -> dict[str, Any]:
-    """One file of a batch, on this worker with its cached model: the local engine."""
+def upscale_file(spec: ModelSpec, input: str, output: str, options: UpscaleOptions,
+                 cancel_event: str | None = None) -> dict[str, Any]:
+    """One file of a batch, on this worker with its cached model: the local engine.
+
+    ``cancel_event``: the name of a Dask Event the client sets on Ctrl-C; polled at most
+    twice a second (a round trip to the scheduler), so a cancelled batch leaves no
+    temporary file and no output of a file still running."""
     from backend.engine.run import upscale_raster
 
+    cancel = None
+    if cancel_event:
+        from distributed import Event
+
+        event, last = Event(cancel_event), [0.0, False]
+
+        def cancel() -> bool:
+            now = time.monotonic()
+            if now - last[0] > 0.5:
+                last[0], last[1] = now, bool(event.is_set())
+            return bool(last[1])
+
+        if cancel():
+            raise EngineCancelled("cancelled before it started")
     resolver, name = worker_model(spec)
-    report = upscale_raster(input, output, resolver, replace(options, scheduler=None))
+    report = upscale_raster(input, output, resolver, replace(options, scheduler=None), cancel=cancel)
     result = report.as_dict()
     result["model"] = name
     result["worker"] = f"{socket.gethostname()}:{os.getpid()}"

@@ -8,6 +8,7 @@ carries only the final summary.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -40,6 +41,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     add("--overviews", action="store_true", help="build internal overviews (average)")
     add("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(parser)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scheduler and the options that go with it (shared with upscale-batch)."""
+    add = parser.add_argument
+    add("--scheduler", default=os.environ.get("SLIMDIFFSR_SCHEDULER") or None,
+        help="run on a Dask cluster: tcp://HOST:PORT of its scheduler, or local:N for N local worker "
+        "processes (default: $SLIMDIFFSR_SCHEDULER, else this machine); see docs/cluster.md")
+    add("--region-tiles", type=int, help="on a cluster: tiles per region side, one task each (default: "
+        "regions of about 2048 output pixels)")
+    add("--task-resources", default="", help="on a cluster: resources each task needs, e.g. GPU=1 for "
+        "workers started with --resources GPU=1")
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """'GPU=1,MEM=2' -> {'GPU': 1.0, 'MEM': 2.0}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            print(f"error: --task-resources {text!r}: write NAME=NUMBER[,NAME=NUMBER], e.g. GPU=1",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +95,8 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         weights=args.weights, scale=args.scale, bands=args.bands, all_bands=args.all_bands,
         device=args.device, precision=args.precision, tile_size=args.tile_size, overlap=args.overlap,
         batch_size=args.batch_size, nodata=args.nodata, cog=args.cog, overviews=args.overviews,
+        scheduler=args.scheduler, region_tiles=args.region_tiles,
+        task_resources=parse_resources(args.task_resources),
     )
     bar = None
 
@@ -85,7 +115,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         # temporary output); a second Ctrl-C stops at once.
         with StopRequest(force_on_repeat=True) as stop:
             report = upscale_raster(args.input, args.output, None, options, progress=on_progress,
-                                    cancel=lambda: bool(stop))
+                                    cancel=lambda: bool(stop), log=lambda m: print(m, file=sys.stderr))
     except (Cancelled, KeyboardInterrupt):
         _close(bar)
         print("cancelled; nothing was written", file=sys.stderr)

@@ -1,0 +1,86 @@
+"""``slimdiffsr upscale-batch INPUTS OUTPUT_FOLDER``: many rasters, here or on a Dask cluster.
+
+INPUTS is a folder, a glob (quoted) or a text file with one path per line. Each failure
+is one line naming the file; the others still run. Exit codes: 0 every file done or
+already complete, 1 some failed, 2 bad usage, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backend.engine.batch import DEFAULT_PATTERN
+from backend.engine.command import add_cluster_arguments, parse_resources
+from backend.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
+
+HELP = "super-resolve many rasters (a folder, a glob or a list file) into a folder, here or on a cluster"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("inputs", help="a folder of rasters, a glob such as 'scenes/*.tif' (quoted), or a text file listing "
+        "one raster per line")
+    add("output_folder", help="where the outputs go (must exist)")
+    add("--pattern", default=DEFAULT_PATTERN, help="output file name; {stem}, {name} and {scale} are "
+        f"replaced (default: {DEFAULT_PATTERN})")
+    add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")
+    add("--scale", type=int, choices=(2, 4, 8), help="scale factor (default: from the weights)")
+    add("--bands", help="1-based input bands, e.g. 4,3,2 (default: RGB, else the first three)")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (each worker picks its own with auto)")
+    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    add("--tile-size", type=int, help="tile size in input pixels (default: automatic)")
+    add("--overlap", type=int, help="tile overlap in input pixels (default: automatic)")
+    add("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
+    add("--overviews", action="store_true", help="build internal overviews (average)")
+    add("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from backend.engine.batch import list_inputs, run_batch
+    from backend.engine.options import UpscaleOptions
+    from backend.errors import Cancelled, SlimDiffSRError
+    from backend.signals import StopRequest
+
+    options = UpscaleOptions(weights=args.weights, scale=args.scale, bands=args.bands, device=args.device,
+                             precision=args.precision, tile_size=args.tile_size, overlap=args.overlap,
+                             cog=args.cog, overviews=args.overviews, scheduler=args.scheduler,
+                             region_tiles=args.region_tiles,
+                             task_resources=parse_resources(args.task_resources))
+    bar = None
+
+    def on_progress(done: int, total: int, name: str) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True)
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        inputs = list_inputs(args.inputs)
+        with StopRequest(force_on_repeat=True) as stop:
+            report = run_batch(inputs, Path(args.output_folder), options, args.pattern, on_progress,
+                               cancel=lambda: bool(stop), log=lambda m: print(m, file=sys.stderr))
+    except (Cancelled, KeyboardInterrupt):
+        if bar is not None:
+            bar.close()
+        print("cancelled; finished files are kept, no partial file is left", file=sys.stderr)
+        return EXIT_CANCELLED
+    except SlimDiffSRError as exc:
+        if bar is not None:
+            bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    if bar is not None:
+        bar.close()
+    for name, message in report.failed.items():
+        print(f"failed: {name}: {message}", file=sys.stderr)
+    print(f"{len(report.done)} done, {len(report.skipped)} already complete, {len(report.failed)} failed "
+          f"in {report.elapsed_s:.1f} s")
+    return EXIT_FAILED if report.failed else EXIT_OK
