@@ -132,6 +132,8 @@ class LinearConvChain(nn.Module):
             y = F.pixel_shuffle(F.conv2d(x, self.kernel, self.bias, padding=1), 2)
         else:
             y = F.conv2d(x, self.kernel, self.bias, stride=self.stride, padding=2)
+        if torch.onnx.is_in_onnx_export():
+            return self._with_exact_border(x, y)
         self._exact_border(x, y)
         return y
 
@@ -145,6 +147,24 @@ class LinearConvChain(nn.Module):
             start -= start % self.stride  # keep the stride's phase
             last = self.original(x.narrow(dim, start, size - start))
             y.narrow(dim, y.shape[dim] - 1, 1).copy_(last.narrow(dim, last.shape[dim] - 1, 1))
+
+
+    def _with_exact_border(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``_exact_border`` without in-place writes or size arithmetic, for graph export.
+
+        A traced graph keeps Python integers computed from shapes as constants; slices
+        counted from the end and concatenations stay valid for every input size, so one
+        exported graph serves all tile sizes (inputs are multiples of the stride and at
+        least ``_STRIP`` pixels, as the network requires anyway).
+        """
+        for dim in (2, 3):
+            first = self.original(x.narrow(dim, 0, _STRIP)).narrow(dim, 0, 1)
+            tail = x[:, :, -_STRIP:] if dim == 2 else x[:, :, :, -_STRIP:]
+            last = self.original(tail)
+            last = last[:, :, -1:] if dim == 2 else last[:, :, :, -1:]
+            inner = y[:, :, 1:-1] if dim == 2 else y[:, :, :, 1:-1]
+            y = torch.cat([first, inner, last], dim=dim)
+        return y
 
 
 def _chain_at(items: list[nn.Module], i: int) -> list[nn.Module] | None:
