@@ -148,7 +148,6 @@ class LinearConvChain(nn.Module):
             last = self.original(x.narrow(dim, start, size - start))
             y.narrow(dim, y.shape[dim] - 1, 1).copy_(last.narrow(dim, last.shape[dim] - 1, 1))
 
-
     def _with_exact_border(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``_exact_border`` without in-place writes or size arithmetic, for graph export.
 
