@@ -177,14 +177,20 @@ def requirement_name(line: str) -> str:
     return line
 
 
-def import_names(lines: Sequence[str]) -> list[str]:
-    """Modules to import for a health check: our requirements import as their names."""
-    names: list[str] = []
+def required_distributions(lines: Sequence[str]) -> list[tuple[str, bool]]:
+    """The distributions a healthy environment must hold, each with ``conditional``: True
+    when every line naming it has an environment marker (pip may rightly have skipped it).
+
+    Distribution names are checked, not guessed module names: ``pillow`` imports as ``PIL``
+    and ``pyyaml`` as ``yaml``, and the environment itself knows which modules each one
+    provides (:data:`_HEALTH_CODE`).
+    """
+    found: dict[str, bool] = {}
     for line in lines:
-        module = requirement_name(line).lower().replace("-", "_")
-        if module and module not in names:
-            names.append(module)
-    return names
+        name = requirement_name(line).lower().replace("_", "-")
+        if name:
+            found[name] = found.get(name, True) and ";" in line
+    return list(found.items())
 
 
 def torch_requirement(lines: Sequence[str]) -> str | None:
@@ -328,8 +334,9 @@ def run_streaming(
 
     def read() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.rstrip())
+        with proc.stdout:  # closed here, by its only reader (no ResourceWarning in QGIS's log)
+            for line in proc.stdout:
+                lines.put(line.rstrip())
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
@@ -463,11 +470,38 @@ class SetupResult:
     torch_build: str
 
 
-def health_problem(python: Path, modules: Sequence[str], timeout: float = 300) -> str | None:
-    """None when every module imports in the environment, else the last error line."""
-    code = "import " + ", ".join(modules) if modules else "pass"
+# Run inside the environment: import the top-level module of each required distribution,
+# found through its installed metadata (pillow -> PIL); a missing unconditional one is an
+# error, a missing conditional one (marker not matching this Python or system) is not.
+_HEALTH_CODE = (
+    "import importlib, importlib.metadata as md, json, re, sys\n"
+    "norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()\n"
+    "tops = {}\n"
+    "for mod, dists in md.packages_distributions().items():\n"
+    "    for d in dists:\n"
+    "        tops.setdefault(norm(d), set()).add(mod)\n"
+    "for dist, conditional in json.loads(sys.argv[1]):\n"
+    "    mods = sorted(m for m in tops.get(norm(dist), ()) if not m.startswith('_'))\n"
+    "    if not mods:\n"
+    "        if conditional:\n"
+    "            continue\n"
+    "        sys.exit(f'the package {dist!r} is not installed')\n"
+    "    name = norm(dist).replace('-', '_')\n"
+    "    importlib.import_module(name if name in mods else mods[0])\n"
+)
+
+
+def health_problem(
+    python: Path, distributions: Sequence[tuple[str, bool]], timeout: float = 300
+) -> str | None:
+    """None when every required distribution is installed and imports in the environment,
+    else the last error line (``ModuleNotFoundError: ...``, ``the package 'x' is not installed``)."""
     try:
-        proc = run_code(python, code, timeout=timeout)
+        if distributions:
+            proc = run_code(python, _HEALTH_CODE, json.dumps([list(d) for d in distributions]),
+                            timeout=timeout)
+        else:
+            proc = run_code(python, "pass", timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
     if proc.returncode == 0:
@@ -549,7 +583,7 @@ def setup_environment(
     env_dir = Path(env_dir).absolute()
     root = Path(root or Path(__file__).resolve().parent.parent)
     lines = requirement_lines(requirements)
-    modules = import_names(lines)
+    modules = required_distributions(lines)
     build = choose_torch_build(torch_build)
     digest = requirements_digest(lines)
     python = env_python(env_dir)

@@ -27,10 +27,10 @@ from plugin.backend_env import (
     choose_torch_build,
     default_torch_index,
     env_python,
-    import_names,
     missing_prerequisite,
     no_pip_message,
     profile_env_dir,
+    required_distributions,
     requirement_lines,
     setup_environment,
     torch_install_args,
@@ -89,7 +89,9 @@ def test_torch_build_and_index_choice() -> None:
 def test_requirements_are_pinned_per_python_version() -> None:
     lines = requirement_lines([ROOT / "requirements.txt"])
     assert torch_requirement(lines) == "torch==2.13.0"
-    assert {"torch", "numpy", "rasterio", "scipy", "safetensors"} <= set(import_names(lines))
+    dists = dict(required_distributions(lines))
+    assert {"torch", "numpy", "rasterio", "scipy", "safetensors", "pillow"} <= set(dists)
+    assert dists["numpy"] is True and dists["torch"] is False  # numpy: one pin per Python version
     assert all("==" in line for line in lines), "every backend requirement is pinned"
     marker_env = pytest.importorskip("pip._vendor.packaging.markers")
     numpy = [line for line in lines if line.startswith("numpy")]
@@ -102,6 +104,15 @@ def test_requirements_are_pinned_per_python_version() -> None:
     assert pick("3.11") == ["numpy==1.26.4"]  # Debian 12, QGIS 3.22
     assert pick("3.12") == ["numpy==1.26.4"]  # OSGeo4W, QGIS 3.34/3.40
     assert len(pick("3.13")) == 1 and pick("3.13")[0].startswith("numpy==2.")  # Debian 13, QGIS 3.40
+
+
+def test_health_check_uses_distribution_names_not_module_guesses() -> None:
+    # pillow imports as PIL: a check that imported 'pillow' failed every fresh environment.
+    python = Path(sys.executable)
+    assert backend_env.health_problem(python, [("pillow", False), ("numpy", True)]) is None
+    missing = backend_env.health_problem(python, [("no-such-dist", False)])
+    assert missing == "the package 'no-such-dist' is not installed"
+    assert backend_env.health_problem(python, [("no-such-dist", True)]) is None  # marker skipped it
 
 
 def test_prerequisite_messages_say_what_to_install() -> None:
