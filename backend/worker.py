@@ -219,9 +219,13 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         if not request.get(key):
             raise RequestError(f"the upscale request has no '{key}'")
     options = _engine_options(request)
-    resolver, model_name = load_model(
-        options.weights, options.scale, options.device, options.precision, channel
-    )
+    if options.scheduler:  # the cluster's workers load the model; the log names them and their devices
+        channel.send("progress", fraction=0.0, message=f"connecting to {options.scheduler}")
+        resolver, model_name = None, None
+    else:
+        resolver, model_name = load_model(
+            options.weights, options.scale, options.device, options.precision, channel
+        )
     if cancel():
         raise CancelledError
 
@@ -229,13 +233,14 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         channel.send("progress", **progress_fields(update))
 
     report = upscale_raster(
-        request["input"], request["output"], resolver, options, progress=on_progress, cancel=cancel
+        request["input"], request["output"], resolver, options, progress=on_progress, cancel=cancel,
+        log=channel.log,
     )
     # A cancel that arrives after the engine's last check finds the output complete: it is
     # reported as done, never deleted (the previous file at that path is already replaced,
     # so deleting would lose both).
     result = jsonable(report)
-    result["model"] = model_name
+    result["model"] = model_name or report.model
     return result
 
 

@@ -15,11 +15,19 @@ from .backend_env import profile_env_dir
 PROVIDER_GROUP = "SlimDiffSR"
 PYTHON_SETTING = "SLIMDIFFSR_PYTHON"
 _KEY = f"/Processing/Configuration/{PYTHON_SETTING}"
+SCHEDULER_SETTING = "SLIMDIFFSR_DASK_SCHEDULER"
+_SCHEDULER_KEY = f"/Processing/Configuration/{SCHEDULER_SETTING}"
 
 
 def backend_python_setting() -> str:
     """The 'Backend Python' path set in the Processing options ('' when unset)."""
     value = QgsSettings().value(_KEY, "")
+    return str(value or "").strip()
+
+
+def dask_scheduler_setting() -> str:
+    """The 'Dask scheduler address' ('' when unset: upscale on this computer)."""
+    value = QgsSettings().value(_SCHEDULER_KEY, "")
     return str(value or "").strip()
 
 
@@ -45,6 +53,14 @@ def register_settings(icon) -> bool:
             valuetype=Setting.FILE,
         )
     )
+    ProcessingConfig.addSetting(
+        Setting(
+            PROVIDER_GROUP,
+            SCHEDULER_SETTING,
+            "Dask scheduler address (tcp://HOST:PORT or local:N; empty: run on this computer)",
+            "",
+        )
+    )
     ProcessingConfig.readSettings()
     return True
 
@@ -55,3 +71,4 @@ def unregister_settings() -> None:
     except ImportError:
         return
     ProcessingConfig.removeSetting(PYTHON_SETTING)
+    ProcessingConfig.removeSetting(SCHEDULER_SETTING)

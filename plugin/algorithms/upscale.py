@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ..settings import dask_scheduler_setting
 from .base import SlimDiffSRAlgorithm, absolute, tr
 
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
@@ -199,6 +200,7 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
             batch_size=batch if batch > 0 else None,
             cog=self.parameterAsBoolean(parameters, self.COG, context),
             overviews=self.parameterAsBoolean(parameters, self.OVERVIEWS, context),
+            scheduler=dask_scheduler_setting() or None,
         )
         feedback.pushInfo(
             tr(f"input: {layer.name()} ({layer.width()}x{layer.height()} pixels, {layer.bandCount()} bands, "
