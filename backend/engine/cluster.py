@@ -154,7 +154,7 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Cluster:
         if "://" not in address:
             address = f"tcp://{address}"
         try:
-            client = Client(address, timeout=timeout, set_as_default=False)
+            client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise EngineError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
                               f"({type(exc).__name__}); start it (dask scheduler) or check the address "
