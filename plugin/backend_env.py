@@ -253,11 +253,20 @@ def pip_source_args(wheelhouse: Path | None) -> list[str]:
     return ["--no-index", "--find-links", str(wheelhouse)]
 
 
+def is_local_folder(index_url: str) -> bool:
+    """A folder of wheels given as the torch index: where PyTorch's CPU index is blocked, its
+    wheel can be fetched elsewhere (``pip download --no-deps``) and handed over as a folder."""
+    return bool(index_url) and "://" not in index_url and Path(index_url).expanduser().is_dir()
+
+
 def torch_install_args(build: str, index_url: str, wheelhouse: Path | None) -> list[str]:
-    """pip options for torch. The CPU index is an *extra* index: pip then takes the highest
-    version, and ``2.13.0+cpu`` sorts above the package index's ``2.13.0``."""
+    """pip options for torch. The CPU index (or a folder holding its wheel) is an *extra*
+    source: pip then takes the highest version, and ``2.13.0+cpu`` sorts above the package
+    index's ``2.13.0``, while torch's own dependencies still come from the package index."""
     if wheelhouse is not None:
         return pip_source_args(wheelhouse)
+    if is_local_folder(index_url):
+        return ["--find-links", str(Path(index_url).expanduser())]
     return ["--extra-index-url", index_url] if index_url else []
 
 
@@ -597,7 +606,7 @@ def setup_environment(
         if problem is None:
             size = folder_size(env_dir)
             hooks.info(f"the backend environment {env_dir} is already set up and healthy "
-                       f"({size / 2**30:.2f} GB, torch {marker.get('torch', '?')} {build}); nothing to do")
+                       f"({size / 2**30:.2f} GB, torch {marker.get('torch', '?')}); nothing to do")
             return SetupResult(python, env_dir, True, time.monotonic() - started, size, build)
         hooks.warning(f"the backend environment {env_dir} is broken ({problem}); rebuilding it")
         force = True  # pip would call its damaged packages installed: start from scratch
@@ -672,8 +681,8 @@ def setup_environment(
     hooks.progress(100)
     size = folder_size(env_dir)
     seconds = time.monotonic() - started
-    hooks.info(f"backend environment ready: {python} ({size / 2**30:.2f} GB, torch {torch_version or '-'} "
-               f"{build}, {seconds:.0f} s)")
+    hooks.info(f"backend environment ready: {python} ({size / 2**30:.2f} GB, torch {torch_version or '-'}, "
+               f"{seconds:.0f} s)")
     return SetupResult(python, env_dir, False, seconds, size, build)
 
 
@@ -698,7 +707,11 @@ def _env_version(python: Path) -> list[int] | None:
 
 
 def _torch_version(python: Path) -> str | None:
-    return run_code(python, "import torch; print(torch.__version__)").stdout.strip() or None
+    """``2.13.0+cpu (CPU-only build)`` or ``2.13.0 (CUDA 13.0 build)``: the version alone does
+    not tell the package index's CUDA build (several GB) from the CPU one."""
+    code = ("import torch; c = torch.version.cuda; "
+            "print(torch.__version__, f'(CUDA {c} build)' if c else '(CPU-only build)')")
+    return run_code(python, code).stdout.strip() or None
 
 
 def _cuda_usable(python: Path) -> bool:
@@ -752,13 +765,15 @@ def _install_torch(
             hooks.info(f"{torch_line} ({build}) is already installed")
             return
     url = default_torch_index(build) if index_url is None else index_url.strip()
-    if url and wheelhouse is None and not index_reachable(url):
+    label = f"{build} build"
+    if url and wheelhouse is None and not is_local_folder(url) and not index_reachable(url):
         hooks.warning(f"the torch index {url} is not reachable; installing torch from pip's configured index "
-                      "instead (on Linux that can be the CUDA build, about 4.9 GB); set TORCH_INDEX_URL to a "
-                      "reachable mirror of it to avoid that")
+                      "instead (on Linux that is the CUDA build, about 5 GB installed); to avoid that, set "
+                      "TORCH_INDEX_URL to a reachable mirror of it or to a folder holding its torch wheel")
         url = ""
+        label = "the package index's build"  # on Linux the CUDA one, whatever was asked
     where = f" from {url}" if url else (f" from {wheelhouse}" if wheelhouse else "")
-    hooks.info(f"installing {torch_line} ({build} build){where}")
+    hooks.info(f"installing {torch_line} ({label}){where}")
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
            *torch_install_args(build, url, wheelhouse), torch_line]
     code, tail = run_streaming(cmd, hooks, env=_child_env())

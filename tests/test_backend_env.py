@@ -72,6 +72,13 @@ def test_qgis_python_candidates_on_windows_macos_and_linux() -> None:
     assert linux.index(Path("/opt/pyenv/shims/python3")) > linux.index(Path("/usr/bin/python3"))
 
 
+def test_torch_from_a_folder_of_wheels_keeps_the_package_index_for_the_rest(tmp_path) -> None:
+    # Where PyTorch's CPU index is blocked, its wheel fetched elsewhere is given as a folder.
+    assert torch_install_args("cpu", str(tmp_path), None) == ["--find-links", str(tmp_path)]
+    absent = str(tmp_path / "absent")  # not a folder here: taken as an index URL
+    assert torch_install_args("cpu", absent, None) == ["--extra-index-url", absent]
+
+
 def test_torch_build_and_index_choice() -> None:
     assert choose_torch_build("auto", lambda: True) == "cuda"
     assert choose_torch_build("auto", lambda: False) == "cpu"

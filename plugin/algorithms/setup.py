@@ -75,16 +75,23 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
         return tr(
             "<p>Run this once after installing the plugin. It creates the Python environment in which "
             "SlimDiffSR's neural network runs (torch, rasterio), separate from QGIS so that QGIS stays "
-            "stable, in your QGIS profile folder (plugin updates keep it). It downloads about 0.3 GB "
-            "(CPU) or several GB (CUDA) and takes a few minutes; pip's progress appears in the log. It "
-            "ends with a self-test on a small raster. Running it again on a healthy environment "
-            "takes seconds; Cancel leaves no half-made environment behind.</p>"
-            "<p><b>Torch build</b>: auto uses CUDA where an NVIDIA GPU is visible, else the CPU build. "
-            "<b>Wheelhouse</b> (offline sites): a folder of wheels made elsewhere with "
-            "<code>pip download -r requirements.txt -d wheels</code> (same Python version and "
-            "system); nothing is downloaded then. <b>Python</b>: empty for QGIS's own Python.</p>"
-            "<p>On Debian/Ubuntu, if QGIS's Python lacks <code>venv</code>, install "
-            "<code>python3-venv</code>; pip itself is fetched when QGIS's Python has none.</p>"
+            "stable, in your QGIS profile folder (plugin updates keep it). With the CPU build it downloads "
+            "about 0.3 GB and takes 1.1 GB; with the CUDA build several GB. pip's progress appears in the "
+            "log, which ends with a self-test on a small raster and the environment's size. Running it "
+            "again on a healthy environment takes seconds; Cancel leaves no half-made environment behind.</p>"
+            "<p><b>Torch build</b>: auto uses CUDA where an NVIDIA GPU is visible, else the CPU build, from "
+            f"PyTorch's CPU index ({TORCH_CPU_INDEX_URL}). Where that index is blocked, torch comes from the "
+            "package index, whose Linux build is the CUDA one (about 5 GB): give <b>Package index for "
+            "torch</b> a mirror of it, or a folder holding its torch wheel for your Python "
+            "(<code>pip download torch==VERSION --no-deps --only-binary=:all: --python-version 3.X "
+            "--index-url " + TORCH_CPU_INDEX_URL + " -d folder</code> on a machine that reaches it). "
+            "<b>Wheelhouse</b> (offline sites): a folder of all the wheels made elsewhere with "
+            "<code>pip download -r requirements.txt -d wheels</code> plus <code>pip download pip</code> "
+            "(same Python version and system); nothing is downloaded then. <b>Python</b>: empty for "
+            "QGIS's own Python.</p>"
+            "<p>QGIS's Python needs no pip or ensurepip (Debian 13's QGIS has neither): pip is installed "
+            "into the new environment from its pinned wheel. Only a Python without <code>venv</code> "
+            "needs a package (Debian/Ubuntu: <code>python3-venv</code>).</p>"
         )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 - QGIS API
@@ -114,7 +121,8 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
         )
         index = QgsProcessingParameterString(
             self.TORCH_INDEX_URL,
-            tr(f"Package index for torch (empty: for the CPU build {TORCH_CPU_INDEX_URL}; '-': pip's own)"),
+            tr(f"Package index or wheel folder for torch (empty: for the CPU build {TORCH_CPU_INDEX_URL}; "
+               "'-': pip's own)"),
             optional=True,
         )
         index.setFlags(index.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
