@@ -11,7 +11,7 @@ PACKAGE_MAX_MB := 25
 # qgis_process needs a display platform and a runtime dir even headless.
 QGIS_HEADLESS := QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)}
 
-.PHONY: plugin-link demo bench-plugin figure package screenshot
+.PHONY: plugin-link demo bench-plugin figure package screenshot check-qgis340
 
 install: plugin-link
 
@@ -71,3 +71,12 @@ screenshot: system
 	@mkdir -p docs/images
 	@XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/runtime-$$(id -u)} xvfb-run -a -s "-screen 0 1400x1000x24" \
 	  $(SYSTEM_PYTHON) tools/screenshot.py docs/images/upscale_dialog.png
+
+# QGIS 3.40 LTR (Debian 13, Python 3.13) as a user meets it: a debootstrap trixie root
+# outside the repository with apt's qgis and python3-qgis only, this zip unzipped into a
+# fresh profile, slimdiffsr:setup (twice) and slimdiffsr:upscale on a fixture; prints the
+# versions, setup time and environment size (tools/check_trixie.sh). Needs root, network and
+# ~10 GB; takes 15-30 minutes the first time. Not part of `make test` (too heavy for CI).
+TRIXIE_ROOT ?= /var/tmp/slimdiffsr-trixie
+check-qgis340:
+	@TRIXIE_ROOT=$(TRIXIE_ROOT) SLIMDIFFSR_SHARED=$(SHARED) tools/check_trixie.sh
