@@ -7,15 +7,12 @@
 #               (9000 steps, other crops), build/default_x4/psnr;
 #            3. squared error on 256 px crops (the deeper UNet levels see 16x16 positions
 #               instead of 8x8, fewer of them on a zero-padded border), small scenes
-#               drawn more often (sqrt-area sampling), 4000 steps, build/default_x4/large;
-#            4. squared error on remote-sensing LR synthesis (PSF blur, area/bicubic/bilinear
-#               reduction with and without antialiasing at a random sampling phase, noise,
-#               JPEG; a quarter of the images clean bicubic): real products are not
-#               bicubic-shrunk, 2500 steps, build/default_x4/sensor.
+#               drawn more often (sqrt-area sampling), 4000 steps, build/default_x4/large.
 #   SCALE=8: 1. x4's stage 1 fine-tuned for x8 (same network; it already knows how to
 #               restore detail, x8 only has to learn the larger gap), build/default_x8;
-#            2. squared error on 384 px crops, sqrt-area sampling, build/default_x8/large;
-#            3. as x4's stage 4 (remote-sensing LR synthesis), 1500 steps, build/default_x8/sensor.
+#            2. squared error on 384 px crops, sqrt-area sampling, build/default_x8/large.
+# A further stage on the remote-sensing LR synthesis (--degradation sensor) was measured and
+# does not ship (MODEL_CARD.md, "Limits").
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
@@ -36,8 +33,6 @@ X4_PSNR=build/default_x4/psnr
 X4_LARGE=build/default_x4/large
 X8=build/default_x8
 X8_LARGE=build/default_x8/large
-X4_SENSOR=build/default_x4/sensor
-X8_SENSOR=build/default_x8/sensor
 
 finished() {  # weights file -> success if it exists and records a complete run
   [[ -f $1 ]] && "$PY" - "$1" <<'PYEOF'
@@ -86,18 +81,14 @@ case "$SCALE" in
       "${PSNR_STEPS:-9000}" 128 8 2e-4 100 2027 --l1 0 --mse 1
     stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
       "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
-    stage "$X4_SENSOR" slimdiffsr_default_x4 "$X4_LARGE/slimdiffsr_default_x4.safetensors" \
-      "${SENSOR_STEPS:-2500}" 256 2 2e-4 100 2029 --l1 0 --mse 1 --sampling sqrt-area --degradation sensor
-    ship "$X4_SENSOR"
+    ship "$X4_LARGE"
     ;;
   8)
     stage "$X8" slimdiffsr_default_x8 "$X4/slimdiffsr_default_x4.safetensors" \
       "${STEPS:-2000}" 192 4 2e-4 100 2026
     stage "$X8_LARGE" slimdiffsr_default_x8 "$X8/slimdiffsr_default_x8.safetensors" \
       "${LARGE_STEPS:-1500}" 384 1 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
-    stage "$X8_SENSOR" slimdiffsr_default_x8 "$X8_LARGE/slimdiffsr_default_x8.safetensors" \
-      "${SENSOR_STEPS:-1500}" 384 1 2e-4 100 2029 --l1 0 --mse 1 --sampling sqrt-area --degradation sensor
-    ship "$X8_SENSOR"
+    ship "$X8_LARGE"
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac
