@@ -12,8 +12,9 @@
 #   sudo make check-qgis340            or   sudo tools/check_trixie.sh
 # Settings (environment): TRIXIE_ROOT (default /var/tmp/slimdiffsr-trixie, reused when it
 # already has QGIS), DEBIAN_MIRROR, TORCH_BUILD (setup's enum: 0 auto, 1 cpu, 2 cuda; default
-# 1), TORCH_INDEX_URL, WHEELHOUSE (a folder on this machine, copied into the root), INPUT (the
-# raster to upscale), KEEP_ENV=1 (reuse the previous run's profile and environment).
+# 1), TORCH_INDEX_URL (a URL, or a folder with the CPU torch wheel), WHEELHOUSE (folders on
+# this machine are copied into the root), INPUT (the raster to upscale), KEEP_ENV=1 (reuse the
+# previous run's profile and environment).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -97,7 +98,12 @@ echo "QGIS $qgis_version, Python $python_version ($prereqs)"
 
 # 3. slimdiffsr:setup, timed; then again (must say healthy in seconds).
 setup_args=(TORCH_BUILD="$torch_build")
-[ -n "${TORCH_INDEX_URL:-}" ] && setup_args+=(TORCH_INDEX_URL="$TORCH_INDEX_URL")
+if [ -d "${TORCH_INDEX_URL:-}" ]; then  # a folder with the CPU torch wheel: copied into the root
+    rm -rf "$root/tmp/torch-wheels" && cp -r "$TORCH_INDEX_URL" "$root/tmp/torch-wheels"
+    setup_args+=(TORCH_INDEX_URL=/tmp/torch-wheels)
+elif [ -n "${TORCH_INDEX_URL:-}" ]; then
+    setup_args+=(TORCH_INDEX_URL="$TORCH_INDEX_URL")
+fi
 if [ -n "${WHEELHOUSE:-}" ]; then
     rm -rf "$root/tmp/wheelhouse" && cp -r "$WHEELHOUSE" "$root/tmp/wheelhouse"
     setup_args+=(WHEELHOUSE=/tmp/wheelhouse)
@@ -109,7 +115,9 @@ in_root $qgis_process run slimdiffsr:setup -- "${setup_args[@]}" > "$log" 2>&1 \
     || die "slimdiffsr:setup failed after $(since "$t0") s: $(grep -m1 '^ERROR:' "$log" || tail -1 "$log")"
 setup_s=$(since "$t0")
 env_mb=$(sed -n 's/^ENV_SIZE_MB:[[:space:]]*//p' "$log" | tail -1)
-grep -E "^(WARNING|creating|installing|.*no ensurepip|backend environment ready|self-test)" "$log" | cut -c1-220 || true
+# Progress dots can precede a message on its line ("0...10WARNING: ...").
+grep -oE "(WARNING:.*|^creating .*|^installing .*|.*no ensurepip.*|^backend environment ready.*|^self-test: .*)" "$log" \
+    | cut -c1-220 || true
 t0=$(now)
 in_root $qgis_process run slimdiffsr:setup -- "${setup_args[@]}" > "$log.2" 2>&1 \
     || die "the second slimdiffsr:setup failed: $(grep -m1 '^ERROR:' "$log.2" || tail -1 "$log.2")"
