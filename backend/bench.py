@@ -1,19 +1,31 @@
-"""Model benchmark: Mpx/s per configuration and precision against a naive baseline.
+"""Model benchmark: every inference path's speed and error against torch fp32, in one run.
 
-The baseline is the release's way of running the student: fp32, NCHW, the whole image
-at once, pad to 256, per-image colour match. Every configuration is timed against it in
-the same run (absolute times on a shared 2-core machine are noisy; ratios are not), and
-reduced precision is checked against fp32 on the same input.
+For each network (the paper's student, random weights; the bundled default x4 model) and
+each path (the release's way, torch fp32 channels-last, torch bf16 where the CPU has it
+natively, ONNX Runtime and OpenVINO in fp32 and int8, and what ``precision=auto`` picks):
 
-    python -m backend.bench [--size 1024] [--repeat 2] [--configs paper,compact]
+* output Mpx/s of ``super_resolve`` on a ``--size`` square output and the ratio to the
+  release's way, timed in the same run (absolute times on a shared machine are noisy;
+  ratios are not);
+* error against torch fp32 on real imagery: crops of ``../shared/data/eval`` reduced x4
+  (antialiased bicubic), relative L2 of the outputs and PSNR-Y against the originals.
+
+int8 paths are calibrated on crops of ``../shared/data/train`` (never on eval); the
+``auto (engine)`` row calibrates on each eval image itself, as the engine does on the
+raster it processes. The header names the CPU, its ISA flags and the library versions.
+
+    python -m backend.bench [--size 1024] [--repeat 2] [--configs paper,default]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +33,16 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from backend.engine.margin import synthetic_image
-from backend.inference import SuperResolver, cpu_has_fast_bf16
+from backend.inference import SuperResolver
 from backend.model import PRESETS, SlimDiffSRStudent, StudentConfig
+from backend.runtime.cpu import cpu_info
+from backend.runtime.engines import available_runtimes
+
+EVAL_SIDE = 256
+"""Side (output pixels) of the central eval crop per raster: six crops keep the paper
+student's slowest path to seconds."""
+CALIBRATION_CROPS = 8
+CALIBRATION_SIDE = 64
 
 
 def flops_per_output_pixel(config: StudentConfig, size: int = 256) -> float:
@@ -56,62 +76,203 @@ def naive_release_forward(model: SlimDiffSRStudent, lr: np.ndarray, scale: int) 
 
 
 def _time(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
-    out = fn()  # warm-up (allocator, oneDNN primitive cache)
-    start = time.perf_counter()
+    out = fn()  # warm-up (allocator, oneDNN primitive cache, runtime shape compilation)
+    times = []
     for _ in range(repeat):
+        start = time.perf_counter()
         out = fn()
-    return (time.perf_counter() - start) / repeat, out
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
 
 
 def test_image(size: int, seed: int = 0) -> np.ndarray:
-    """A smooth image-like LR input HxWx3 in [0, 1] (random weights make content irrelevant)."""
+    """A smooth image-like LR input HxWx3 in [0, 1] (speed does not depend on content)."""
     return np.ascontiguousarray(synthetic_image(size, seed).transpose(1, 2, 0))
 
 
-def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> list[dict[str, object]]:
+# -- real imagery ------------------------------------------------------------------------------
+def shared_dir() -> Path:
+    return Path(os.environ.get("SLIMDIFFSR_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+
+def eval_pairs(folder: Path, scale: int, side: int = EVAL_SIDE) -> list[tuple[str, np.ndarray, torch.Tensor]]:
+    """(name, LR HxWx3 in [0, 1], HR [1, 3, H, W]) per eval raster: its central ``side`` crop
+    and the crop reduced by antialiased bicubic, the model card's benchmark synthesis."""
+    from backend.default_model import load_eval_images
+    from backend.degradation import degrade
+
+    pairs = []
+    for image in load_eval_images(folder, scale):
+        h, w = image.hr.shape[-2:]
+        s = min(side, h, w) // 16 * 16
+        y, x = (h - s) // 2, (w - s) // 2
+        hr = image.hr[..., y : y + s, x : x + s].contiguous()
+        lr = degrade(hr, scale, "bicubic", seed=0).clamp(0, 1)
+        pairs.append((image.name, np.ascontiguousarray(lr[0].permute(1, 2, 0).numpy()), hr))
+    return pairs
+
+
+def training_crops(folder: Path, count: int = CALIBRATION_CROPS, side: int = CALIBRATION_SIDE,
+                   seed: int = 0) -> list[np.ndarray]:
+    """Random ``side`` crops (HxWx3 in [0, 1], the training data's stretch) of distinct
+    training rasters: the int8 calibration set."""
+    import rasterio
+
+    from backend.training.data import describe_raster, find_rasters
+
+    rng = np.random.default_rng(seed)
+    files = [f for f in find_rasters([folder])]
+    crops: list[np.ndarray] = []
+    for i in rng.permutation(len(files)):
+        source = describe_raster(files[i])
+        if min(source.width, source.height) < side:
+            continue
+        y, x = rng.integers(0, source.height - side + 1), rng.integers(0, source.width - side + 1)
+        with rasterio.open(files[i]) as ds:
+            values = ds.read(list(source.bands), window=rasterio.windows.Window(x, y, side, side))
+        crops.append(np.ascontiguousarray(source.to_unit(values).transpose(1, 2, 0), dtype=np.float32))
+        if len(crops) == count:
+            break
+    return crops
+
+
+def psnr_y(sr: np.ndarray, hr: torch.Tensor, scale: int) -> float:
+    from backend.metrics import psnr, rgb_to_y
+
+    out = torch.from_numpy(np.ascontiguousarray(sr.transpose(2, 0, 1)))[None]
+    return float(psnr(rgb_to_y(out), rgb_to_y(hr), border=scale))
+
+
+# -- the paths ---------------------------------------------------------------------------------
+@dataclass
+class BenchPath:
+    """One way of running the network: a name and a function LR image -> SR image."""
+
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    description: str = ""
+    per_image: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
+
+
+def paths_for(model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, object],
+              calibration: list[np.ndarray]) -> list[BenchPath]:
+    """Every path this machine can run, built for ``model``."""
+    info = cpu_info()
+
+    def resolver(precision: str, runtime: str) -> SuperResolver:
+        return SuperResolver(copy.deepcopy(model), scale, "cpu", precision, runtime=runtime, **loaded_kwargs)
+
+    def entry(name: str, r: SuperResolver) -> BenchPath:
+        return BenchPath(name, lambda lr, r=r: r.super_resolve(lr, pad_multiple=r.multiple), r.description)
+
+    naive = release_style_copy(model)
+    out = [BenchPath("release (fp32, NCHW, whole image)", lambda lr: naive_release_forward(naive, lr, scale),
+                 "torch")]
+    out.append(entry("torch fp32 channels-last", resolver("fp32", "torch")))
+    if info.native_bf16:
+        out.append(entry("torch bf16", resolver("bf16", "torch")))
+    for runtime in available_runtimes():
+        out.append(entry(f"{runtime} fp32", resolver("fp32", runtime)))
+        if calibration:
+            r = resolver("int8", runtime)
+            r.calibrate(calibration)
+            out.append(entry(f"{runtime} int8", r))
+    auto = resolver("auto", "auto")
+    if calibration:
+        auto.calibrate(calibration)
+    out.append(entry("auto (calibrated on train)", auto))
+    if auto.runtime != "torch":
+        def engine_style(lr: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+            """As the engine: a fresh auto resolver calibrated on crops of the image itself."""
+            r = resolver("auto", "auto")
+            h, w = lr.shape[:2]
+            s = min(CALIBRATION_SIDE, h, w)
+            r.calibrate([lr[y : y + s, x : x + s] for y in (0, h - s) for x in (0, w - s)])
+            return lambda img, r=r: r.super_resolve(img, pad_multiple=r.multiple)
+
+        out.append(BenchPath("auto (engine: calibrated on the image)", out[-1].run, auto.description,
+                         per_image=engine_style))
+    return out
+
+
+def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[list[dict[str, object]], str]:
+    """Rows of the table and a note on the data used."""
+    shared = shared_dir() / "data"
+    pairs = eval_pairs(shared / "eval", scale) if (shared / "eval").is_dir() else []
+    calibration = training_crops(shared / "train") if (shared / "train").is_dir() else []
+    note = (f"error on {len(pairs)} eval crops ({EVAL_SIDE} px, x{scale} bicubic); int8 calibrated on "
+            f"{len(calibration)} train crops of {CALIBRATION_SIDE} px")
     lr = test_image(size // scale)
     mpx = size * size / 1e6
     rows: list[dict[str, object]] = []
     for name in configs:
-        config = PRESETS[name]
-        torch.manual_seed(0)
-        model = SlimDiffSRStudent(config).eval()
+        model, kwargs, label = load_config(name, scale)
         params = sum(p.numel() for p in model.parameters())
-        flops = flops_per_output_pixel(config)
-        naive = release_style_copy(model)
-        t_naive, _ = _time(lambda m=naive: naive_release_forward(m, lr, scale), repeat)
-        rows.append(dict(config=name, precision="fp32 naive", params=params, flops=flops,
-                         mpx_s=mpx / t_naive, speedup=1.0, rel_l2=None, dn99=None))
-        reference = None
-        precisions = ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
-        for precision in precisions:
-            resolver = SuperResolver(copy.deepcopy(model), scale, "cpu", precision)
-            t, out = _time(lambda r=resolver: r.super_resolve(lr, pad_multiple=r.multiple), repeat)
-            rel = dn = None
-            if reference is None:
-                reference = out
-            else:
-                rel = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
-                dn = float(np.quantile(np.abs(np.round(out * 255) - np.round(reference * 255)), 0.99))
-            rows.append(dict(config=name, precision=f"{precision} channels-last", params=params,
-                             flops=flops, mpx_s=mpx / t, speedup=t_naive / t, rel_l2=rel, dn99=dn))
-    return rows
+        flops = flops_per_output_pixel(model.config)
+        paths = paths_for(model, scale, kwargs, calibration)
+        reference = next(p for p in paths if p.name.startswith("torch fp32"))
+        ref_out = [reference.run(pair[1]) for pair in pairs]
+        ref_psnr = [psnr_y(o, hr, scale) for o, (_, _, hr) in zip(ref_out, pairs, strict=True)]
+        t_release = None
+        for p in paths:
+            t, _ = _time(lambda p=p: p.run(lr), repeat if "release" not in p.name else max(1, repeat))
+            t_release = t if t_release is None else t_release
+            rel = psnr = dpsnr = None
+            if pairs:
+                outs = [(p.per_image(lr_)(lr_) if p.per_image else p.run(lr_)) for _, lr_, _ in pairs]
+                num = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outs, ref_out, strict=True))
+                den = sum(float(np.sum(r**2)) for r in ref_out)
+                rel = (num / den) ** 0.5
+                scores = [psnr_y(o, hr, scale) for o, (_, _, hr) in zip(outs, pairs, strict=True)]
+                psnr = float(np.mean(scores))
+                dpsnr = psnr - float(np.mean(ref_psnr))
+            rows.append(dict(config=label, path=p.name, description=p.description, params=params, flops=flops,
+                             mpx_s=mpx / t, speedup=t_release / t, rel_l2=rel, psnr_y=psnr, dpsnr=dpsnr))
+            print(format_row(rows[-1]), flush=True)
+    return rows, note
 
 
-def format_table(rows: list[dict[str, object]], size: int) -> str:
-    lines = [
-        f"Model throughput, {size}x{size} output, x4, CPU threads={torch.get_num_threads()}",
-        "| config | precision | params (M) | MFLOP/px | Mpx/s | vs naive | rel L2 vs fp32 | 99% |DN| |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        rel = "-" if r["rel_l2"] is None else f"{r['rel_l2']:.4f}"
-        dn = "-" if r["dn99"] is None else f"{r['dn99']:.0f}"
-        lines.append(
-            f"| {r['config']} | {r['precision']} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e6:.3f} | "
-            f"{r['mpx_s']:.3f} | {r['speedup']:.2f}x | {rel} | {dn} |"
-        )
-    return "\n".join(lines)
+def load_config(name: str, scale: int) -> tuple[SlimDiffSRStudent, dict[str, object], str]:
+    """(model, SuperResolver keyword arguments from its weights, label) for a config name:
+    'default' is the bundled x4 model (trained weights: its PSNR-Y means something), the
+    presets are random-weight members of the family (speed does not depend on weights)."""
+    if name == "default":
+        from backend.weights import default_weights_path, load_weights
+
+        loaded = load_weights(default_weights_path(scale), scale=scale)
+        kwargs = {"color_match": loaded.color_match, "lr_consistency": loaded.lr_consistency,
+                  "receptive_margin": loaded.receptive_margin}
+        return loaded.model.eval(), kwargs, f"bundled default x{scale}"
+    torch.manual_seed(0)
+    return SlimDiffSRStudent(PRESETS[name]).eval(), {}, f"{name} (random weights)"
+
+
+HEADER = ("| network | path | runs as | MFLOP/px | output Mpx/s | vs release | rel L2 vs fp32 | PSNR-Y (dB) "
+          "| dPSNR-Y vs fp32 |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: dict[str, object]) -> str:
+    def f(key: str, fmt: str) -> str:
+        return "-" if r[key] is None else format(r[key], fmt)
+
+    return (f"| {r['config']} | {r['path']} | {r['description']} | {r['flops'] / 1e6:.3f} | "
+            f"{r['mpx_s']:.3f} | {r['speedup']:.2f}x | {f('rel_l2', '.5f')} | {f('psnr_y', '.3f')} | "
+            f"{f('dpsnr', '+.3f')} |")
+
+
+def header(size: int) -> str:
+    import importlib.metadata as md
+
+    versions = [f"torch {torch.__version__}"]
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package} {md.version(package)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{package} not installed")
+    info = cpu_info()
+    return (f"CPU: {info.describe()} (ISA {info.isa}, native bf16: {'yes' if info.native_bf16 else 'no'})\n"
+            f"{', '.join(versions)}; torch threads {torch.get_num_threads()}\n"
+            f"Model throughput, {size}x{size} output, x4 (median of runs after a warm-up)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,13 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--size", type=int, default=1024, help="output size in pixels (square)")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--configs", default="paper,compact", help=f"comma list of {sorted(PRESETS)}")
+    parser.add_argument("--configs", default="paper,default",
+                        help=f"comma list of default (bundled x4 weights) and {sorted(PRESETS)}")
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in PRESETS]
+    unknown = [c for c in configs if c not in PRESETS and c != "default"]
     if unknown:
-        parser.error(f"unknown configs {unknown}; choose from {sorted(PRESETS)}")
-    print(format_table(run(args.size, args.repeat, configs), args.size), flush=True)
+        parser.error(f"unknown configs {unknown}; choose from default, {', '.join(sorted(PRESETS))}")
+    print(header(args.size), flush=True)
+    print(HEADER, flush=True)
+    _, note = run(args.size, args.repeat, configs)
+    print(f"({note})", flush=True)
     return 0
 
 

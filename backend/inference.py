@@ -17,7 +17,7 @@ own, a tiled raster passes global ones so every tile is mapped the same way.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,16 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.errors import UserInputError
+from backend.errors import UserInputError, one_line
 from backend.model import SlimDiffSRStudent
 from backend.model.fused_student import FusedStudent
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
+from backend.runtime.cpu import cpu_info
 from backend.weights import LoadedWeights
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 RELEASE_PAD_MULTIPLE = 256
 # Reduced precision is accepted when its relative L2 error against fp32 stays below this.
 AUTO_PRECISION_TOLERANCE = 0.01
+# ... and int8 only when, in addition, its output is this close to fp32's on real imagery
+# (PSNR in dB, values in [0, 1]): an error at 50 dB moves a 30 dB result by under 0.05 dB.
+AUTO_INT8_MIN_PSNR = 50.0
 
 
 class InferenceError(UserInputError, RuntimeError):
@@ -122,9 +127,20 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def describe_device(device: torch.device) -> str:
+    """'cuda:0 NAME' or 'cpu (ISA)', the CPU's widest vector ISA (avx2, avx512, amx)."""
     if device.type == "cuda":
         return f"cuda:{device.index or 0} {torch.cuda.get_device_name(device)}"
-    return "cpu"
+    return f"cpu ({cpu_info().isa})"
+
+
+def probe_errors(test: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(relative L2 of the centred outputs, PSNR in dB of [0, 1] images) of ``test`` against
+    ``ref``, both network outputs in [-1, 1]."""
+    a, b = test.float() - test.float().mean(), ref.float() - ref.float().mean()
+    rel = float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp(min=1e-12))
+    mse = float(((test.float() - ref.float()).clamp(-2, 2) / 2).pow(2).mean())
+    psnr = 10 * float(np.log10(1 / mse)) if mse > 0 else 100.0
+    return rel, psnr
 
 
 class SuperResolver:
@@ -132,7 +148,13 @@ class SuperResolver:
 
     ``precision='auto'`` tries the fastest reduced precision of the device (fp16 on CUDA,
     bf16 on CPUs with native bf16) on a probe image and keeps it only if its relative L2
-    error against fp32 stays under 1 %; otherwise fp32.
+    error against fp32 stays under 1 %; otherwise fp32. On CPUs without native bf16 (AVX2
+    laptops and servers, where emulated bf16 is slower than fp32) it runs the network in a
+    CPU inference runtime (``runtime``: OpenVINO first, then ONNX Runtime, when installed),
+    checked against torch fp32 on the probe; :meth:`calibrate` on real imagery then
+    switches to int8 if the int8 network stays within ``AUTO_INT8_MIN_PSNR`` of fp32 on
+    it. ``precision='int8'`` takes the int8 network after calibration whatever its error.
+    ``precision='fp32'`` (and ``runtime='torch'``) is torch, the reference.
     """
 
     def __init__(
@@ -147,9 +169,12 @@ class SuperResolver:
         color_match: bool = True,
         lr_consistency: bool = False,
         receptive_margin: int | None = None,
+        runtime: str = "auto",
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+        if runtime not in RUNTIMES:
+            raise InferenceError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
         self.scale = int(scale)
         self.device = resolve_device(device)
         self.channels_last = channels_last
@@ -166,14 +191,20 @@ class SuperResolver:
         self.receptive_margin = receptive_margin
         self.multiple = model.config.downscale
         self.probe_error: float | None = None
-        self.precision, network = self._choose_precision(precision)
+        self.probe_psnr: float | None = None
+        # The CPU runtime path (backend.runtime), when one runs the network; None: torch.
+        self.runtime: str = "torch"
+        self._cpu_path = None
+        self._calibrate = False
+        self._wanted = precision
+        self.precision, network = self._choose_precision(precision, runtime)
         # The probe already built the chosen network (a bf16 copy of the weights on the
         # CPU); reuse it rather than copying the model a second time.
         self._network = network or self._prepare(self.precision)
 
     @classmethod
     def from_weights(
-        cls, loaded: LoadedWeights, device: str = "auto", precision: str = "auto"
+        cls, loaded: LoadedWeights, device: str = "auto", precision: str = "auto", runtime: str = "auto"
     ) -> SuperResolver:
         """A resolver configured as the weight file says (scale, colour match, LR consistency,
         receptive margin)."""
@@ -185,12 +216,15 @@ class SuperResolver:
             color_match=loaded.color_match,
             lr_consistency=loaded.lr_consistency,
             receptive_margin=loaded.receptive_margin,
+            runtime=runtime,
         )
 
     # -- precision ---------------------------------------------------------------------
     def _check_supported(self, precision: str) -> None:
         if precision == "fp16" and self.device.type == "cpu":
             raise InferenceError("fp16 is not supported on the CPU; use bf16, fp32 or auto")
+        if precision == "int8" and self.device.type != "cpu":
+            raise InferenceError("int8 runs on the CPU only; use fp16, bf16, fp32 or auto on a GPU")
         if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise InferenceError("this GPU has no bf16 support; use fp16, fp32 or auto")
 
@@ -222,12 +256,31 @@ class SuperResolver:
 
         return network
 
+    def _probe_image(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        size = max(self.multiple, 64)
+        probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
+        return F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
+
     def _choose_precision(
-        self, precision: str
+        self, precision: str, runtime: str = "auto"
     ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]:
         """The precision to use, and its network when the probe built it."""
         if precision != "auto":
             self._check_supported(precision)
+        if self.device.type == "cpu" and (
+            precision == "int8" or (precision == "auto" and not cpu_has_fast_bf16()) or
+            (precision == "fp32" and runtime not in ("auto", "torch"))
+        ):
+            network = self._cpu_runtime(runtime, required=precision == "int8" or runtime != "auto")
+            if network is not None:
+                self._calibrate = precision in ("auto", "int8")
+                return "fp32", network
+            if precision == "int8":
+                raise InferenceError(
+                    "int8 needs OpenVINO or ONNX Runtime; reinstall the backend (make install)"
+                )
+        if precision != "auto":
             return precision, None
         if self.device.type == "cuda":
             candidate = "fp16"
@@ -235,21 +288,82 @@ class SuperResolver:
             candidate = "bf16"
         else:
             return "fp32", None
-        generator = torch.Generator().manual_seed(0)
-        size = max(self.multiple, 64)
-        probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
-        probe = F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
+        probe = self._probe_image()
         with torch.inference_mode():
             reference = self._prepare("fp32")
             network = self._prepare(candidate)
             ref = reference(self._to_device(probe))
             test = network(self._to_device(probe))
-        ref, test = ref - ref.mean(), test - test.mean()
-        err = float(torch.linalg.vector_norm(test - ref) / torch.linalg.vector_norm(ref).clamp(min=1e-12))
+        err, self.probe_psnr = probe_errors(test, ref)
         self.probe_error = err
         if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE:
             return candidate, network
         return "fp32", reference
+
+    def _cpu_runtime(self, runtime: str, required: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The fp32 network in a CPU runtime if one is installed and agrees with torch fp32 on
+        the probe (else None, or an error when ``required``)."""
+        from backend.runtime.cpu_path import CpuRuntimePath, pick_runtime
+
+        try:
+            name = pick_runtime(runtime)
+            if name is None:
+                return None
+            path = CpuRuntimePath(self.model, name)
+        except (ModuleNotFoundError, ImportError, OSError, RuntimeError) as exc:
+            if required:
+                raise InferenceError(
+                    f"the {runtime} runtime cannot run this network ({one_line(exc)})"
+                ) from None
+            return None
+        probe = self._probe_image()
+        with torch.inference_mode():
+            ref = self._prepare("fp32")(self._to_device(probe))
+            test = path.fp32(probe)
+        err, psnr = probe_errors(test, ref)
+        self.probe_error, self.probe_psnr = err, psnr
+        if not (np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE) and not required:
+            return None
+        self.runtime, self._cpu_path = name, path
+        return path.fp32
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` would still change anything (an int8 candidate waits)."""
+        return self._calibrate and self._cpu_path is not None
+
+    def calibrate(self, images: Sequence[np.ndarray]) -> bool:
+        """Calibrate int8 on real low-resolution images (HxWxC in [0, 1]) and switch to it
+        when the precision allows: always for 'int8', for 'auto' only if the int8 output on
+        these images stays within ``AUTO_PRECISION_TOLERANCE`` and ``AUTO_INT8_MIN_PSNR``
+        of torch fp32. Returns whether int8 is now in use; a no-op on other paths.
+        """
+        if not self._calibrate or self._cpu_path is None or not images:
+            return self.precision == "int8"
+        inputs = []
+        for lr in images:
+            x = torch.from_numpy(np.ascontiguousarray(np.asarray(lr, np.float32).transpose(2, 0, 1)))[None]
+            up = self.upsample(x * 2 - 1)
+            h, w = up.shape[-2:]
+            inputs.append(reflect_pad(up, (-h) % self.multiple, (-w) % self.multiple))
+        try:
+            int8 = self._cpu_path.int8(inputs)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            if self._wanted == "int8":
+                raise InferenceError(f"int8 calibration failed ({one_line(exc)})") from None
+            return False
+        with torch.inference_mode():
+            reference = self._prepare("fp32")
+            ref = torch.cat([reference(x).flatten() for x in inputs])
+            test = torch.cat([int8(x).flatten() for x in inputs])
+        err, psnr = probe_errors(test, ref)
+        self.probe_error, self.probe_psnr = err, psnr
+        self._calibrate = False
+        if self._wanted == "int8" or (np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE
+                                      and psnr >= AUTO_INT8_MIN_PSNR):
+            self.precision, self._network = "int8", int8
+            return True
+        return False
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -257,7 +371,9 @@ class SuperResolver:
 
     @property
     def description(self) -> str:
-        return f"{describe_device(self.device)}, {self.precision}"
+        """'cpu (avx2), openvino int8', 'cpu (avx2), fp32' (torch), 'cuda:0 NAME, fp16'."""
+        runtime = "" if self.runtime == "torch" else f"{self.runtime} "
+        return f"{describe_device(self.device)}, {runtime}{self.precision}"
 
     # -- the network -------------------------------------------------------------------
     @torch.inference_mode()

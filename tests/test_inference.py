@@ -16,6 +16,7 @@ from backend.inference import (
     reflect_pad,
 )
 from backend.model import SlimDiffSRStudent
+from backend.runtime.cpu import cpu_info
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +150,12 @@ def test_auto_precision_and_device_errors(tiny_model) -> None:
     auto = SuperResolver(tiny_model, 4, "auto", "auto")
     assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if auto.device.type == "cpu":
+        # Without native bf16, auto runs fp32 in a CPU runtime (int8 after calibration).
         assert auto.precision == ("bf16" if cpu_has_fast_bf16() else "fp32")
-        assert auto.description == f"cpu, {auto.precision}"
+        runtime = "" if auto.runtime == "torch" else f"{auto.runtime} "
+        assert auto.description == f"cpu ({cpu_info().isa}), {runtime}{auto.precision}"
     with pytest.raises(InferenceError, match="unknown precision"):
-        SuperResolver(tiny_model, 4, "cpu", "int8")
+        SuperResolver(tiny_model, 4, "cpu", "int4")
     with pytest.raises(InferenceError, match="fp16 is not supported on the CPU"):
         SuperResolver(tiny_model, 4, "cpu", "fp16")
     with pytest.raises(InferenceError, match="unsupported device|unknown device"):

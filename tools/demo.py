@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.quality import labelled_grid, write_png  # noqa: E402
+from backend.runtime.cpu import cpu_info  # noqa: E402
 from tools.demo_data import DEFAULT_MEMBER, download, extract  # noqa: E402
 
 BUILD = ROOT / "build" / "demo"
@@ -144,6 +146,11 @@ def main() -> int:
         print(f"  time  : {seconds:.1f} s (qgis_process start to finish), "
               f"{dst.width * dst.height / seconds / 1e6:.2f} output Mpx/s"
               f"{' with overviews' if overviews != '0' else ''}")
+        engine = next((float(m.group(1)) for line in log if (m := re.match(r"time: ([\d.]+) s", line))), None)
+        if engine:
+            print(f"  engine: {engine:.1f} s, {dst.width * dst.height / engine / 1e6:.2f} output Mpx/s "
+                  "(QGIS, worker and model start-up excluded)")
+        print(f"  CPU   : {cpu_info().describe()}")
     preview(source, output, png, scale)
     print(f"  preview (input | SlimDiffSR): {png.relative_to(ROOT)}")
     return 0

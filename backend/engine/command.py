@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--all-bands", action="store_true",
         help="every band in groups of three (non-visible bands are out of distribution)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
         help="compute precision (default: auto = fastest within 1%% of fp32)")
     add("--tile-size", type=int, help="tile size in input pixels (default: the largest that fits the "
         "memory of the paper student's 768-pixel tiles in fours, at most 2048 output pixels on a GPU "

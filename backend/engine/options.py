@@ -13,7 +13,7 @@ from typing import Any
 
 from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, Cancelled, SlimDiffSRError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 class EngineError(SlimDiffSRError):

@@ -159,6 +159,7 @@ def upscale_raster(
             raise EngineError("batch size must be at least 1")
         # Imported only now: a bad path or input is refused in a fraction of a second instead
         # of after the seconds torch takes to load.
+        from backend.engine.calibration import calibrate_on_raster
         from backend.engine.model import ModelStep, resolve_model
 
         resolver, model_name = resolve_model(model, options)
@@ -192,6 +193,7 @@ def upscale_raster(
         bigtiff = size > BIGTIFF_THRESHOLD
         temp = TempOutput(dst_path)
         try:
+            calibrate_on_raster(plan, info, step)  # int8 on CPUs without bf16 (precision auto/int8)
             cache = _estimate_stats(plan, info, step, options, batch, cancel)
             with rasterio.open(src_path) as src:
                 provenance = {

@@ -31,7 +31,7 @@ HELP_URL = "https://github.com/slimdiffsr/slimdiffsr-qgis/blob/main/docs/qgis.md
 ICON_PATH = Path(__file__).resolve().parent.parent.parent / "resources" / "icon.svg"
 
 DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16", "int8"]
 SCALES: list[tuple[str, int | None]] = [
     ("From the weights file", None),
     ("x2", 2),

@@ -224,5 +224,8 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         if "tiles" in report:
             skipped = report.get("tiles_skipped", 0)
             feedback.pushInfo(tr(f"tiles: {report['tiles']} ({skipped} empty, skipped)"))
+        if "device" in report:
+            # int8 is settled after calibrating on this raster, after the worker's first log line
+            feedback.pushInfo(tr(f"ran as: {report['device']}"))
         if "elapsed_s" in report:
             feedback.pushInfo(tr(f"time: {float(report['elapsed_s']):.1f} s"))

@@ -1,0 +1,63 @@
+"""int8 calibration on the raster being processed, before its first tile.
+
+A CPU without native bf16 runs the network in a CPU runtime; its int8 form needs the
+ranges its activations take on real imagery, and the image the user is about to process
+is the most representative real imagery there is. A few crops spread over the raster
+calibrate it and then serve as the accuracy probe against torch fp32
+(:meth:`backend.inference.SuperResolver.calibrate`): int8 is kept only if it stays within
+the probe's budget, else the run continues in fp32. Done before the output's provenance
+tags are written, so they name the precision that ran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.engine.model import ModelStep
+from backend.engine.options import EngineError
+from backend.engine.plan import TilePlan
+from backend.engine.reader import SourceInfo, TileReader
+from backend.inference import InferenceError
+
+CALIBRATION_CROPS = 4
+"""Crops read for calibration, spread evenly over the plan's windows."""
+CALIBRATION_SIDE = 64
+"""Side of each crop in input pixels (256 output pixels at x4): enough pixels for stable
+ranges, little enough that calibrating costs a fraction of one tile."""
+
+
+def calibration_crops(plan: TilePlan, info: SourceInfo, step: ModelStep,
+                      count: int = CALIBRATION_CROPS, side: int = CALIBRATION_SIDE) -> list[np.ndarray]:
+    """Central crops (HxWx3 in [0, 1], the first band group) of windows spread over the raster;
+    windows with no valid pixel are passed over."""
+    crops: list[np.ndarray] = []
+    n = len(plan)
+    order = list(dict.fromkeys(round(i) for i in np.linspace(0, n - 1, min(n, 4 * count))))
+    with TileReader(info, step.radiometry) as reader:
+        for idx in order:
+            tile = reader.read_tile(plan.window(idx))
+            if tile.lr is None or not tile.valid.any():
+                continue
+            lr = tile.lr[0]
+            h, w = lr.shape[-2:]
+            s = min(side, h, w)
+            y, x = (h - s) // 2, (w - s) // 2
+            crop = np.clip(lr[:, y : y + s, x : x + s], 0, 1).transpose(1, 2, 0)
+            crops.append(np.ascontiguousarray(crop, dtype=np.float32))
+            if len(crops) == count:
+                break
+    return crops
+
+
+def calibrate_on_raster(plan: TilePlan, info: SourceInfo, step: ModelStep) -> bool:
+    """Calibrate the resolver's int8 network on the raster when its precision asks for it.
+
+    Returns whether int8 is in use afterwards.
+    """
+    resolver = step.resolver
+    if not getattr(resolver, "needs_calibration", False):
+        return resolver.precision == "int8"
+    try:
+        return resolver.calibrate(calibration_crops(plan, info, step))
+    except InferenceError as exc:
+        raise EngineError(str(exc)) from None

@@ -1,0 +1,54 @@
+"""The student in a CPU runtime at fp32 and, once calibrated, at int8.
+
+:class:`backend.inference.SuperResolver` holds one of these when ``precision='auto'`` (or
+``'int8'``) runs on a CPU without native bf16 and a runtime is installed. The fp32 graph
+is exported once per weights (:mod:`backend.runtime.export`); the int8 graph is derived
+from it in memory for each calibration (:mod:`backend.runtime.int8`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from backend.model import SlimDiffSRStudent
+from backend.runtime.cpu import cpu_info
+from backend.runtime.engines import Network, available_runtimes, load_network
+from backend.runtime.export import cached_onnx
+from backend.runtime.int8 import activation_ranges, quantize_graph
+
+
+def pick_runtime(requested: str = "auto") -> str | None:
+    """The runtime to use: ``requested``, or the first installed one for 'auto'; None when
+    'auto' finds none (torch is used) or when 'torch' is asked for."""
+    if requested == "torch":
+        return None
+    installed = available_runtimes()
+    if requested == "auto":
+        return installed[0] if installed else None
+    if requested not in installed:
+        raise ModuleNotFoundError(f"the inference runtime '{requested}' is not installed", name=requested)
+    return requested
+
+
+class CpuRuntimePath:
+    """fp32 and int8 networks of one student in one runtime, with the CPU's physical cores."""
+
+    def __init__(self, model: SlimDiffSRStudent, runtime: str, cache: Path | None = None,
+                 threads: int | None = None) -> None:
+        self.model = model
+        self.runtime = runtime
+        self.threads = threads or cpu_info().physical_cores
+        self.graph = cached_onnx(model, cache)
+        self.fp32: Network = load_network(runtime, self.graph, self.threads)
+        self.quantized = 0
+
+    def int8(self, images: Sequence[torch.Tensor]) -> Network:
+        """The int8 network calibrated on ``images`` (network inputs [B, C, H, W] in [-1, 1])."""
+        ranges = activation_ranges(self.model, images)
+        graph, self.quantized = quantize_graph(self.graph.read_bytes(), ranges)
+        if not self.quantized:
+            raise ValueError("no convolution of this network could be quantized")
+        return load_network(self.runtime, graph, self.threads)

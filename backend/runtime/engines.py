@@ -1,0 +1,89 @@
+"""The exported network in a CPU inference runtime: OpenVINO or ONNX Runtime.
+
+Each runtime is optional: :func:`available_runtimes` lists those that import, and the
+caller keeps torch when none does. Both get as many threads as the CPU has physical
+cores (a second hardware thread on the same core only competes for its vector units),
+and run the graph as it is, fp32 or with the QDQ int8 convolutions of
+:mod:`backend.runtime.int8`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+RUNTIMES = ("openvino", "onnxruntime")
+
+
+class Network(Protocol):
+    """Image batch [B, C, H, W] float32 in [-1, 1] -> output image, float32 torch tensor."""
+
+    name: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes of ``RUNTIMES`` that are installed, in order of preference."""
+    return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
+
+
+def _as_input(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+class OpenVinoNetwork:
+    """The graph compiled by OpenVINO's CPU plugin, for latency (one request at a time)."""
+
+    def __init__(self, graph: Path | bytes, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        if isinstance(graph, bytes):
+            model = core.read_model(model=graph, weights=b"")
+        else:
+            model = core.read_model(str(graph))
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+                  # keep fp32 wherever the graph is fp32: bf16 is chosen by the accuracy probe,
+                  # not by the plugin's default for this CPU
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.name = "openvino"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._request.infer({0: _as_input(x)})[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+
+class OnnxRuntimeNetwork:
+    """The graph in an ONNX Runtime CPU session with every graph optimization on."""
+
+    def __init__(self, graph: Path | bytes, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # no warnings on stderr, which the worker treats as log
+        source = graph if isinstance(graph, bytes) else str(graph)
+        self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self.name = "onnxruntime"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._session.run(None, {self._input: _as_input(x)})[0])
+
+
+def load_network(runtime: str, graph: Path | bytes, threads: int) -> Network:
+    """``graph`` (a path or the serialized ONNX) in ``runtime`` with ``threads`` threads."""
+    if runtime == "openvino":
+        return OpenVinoNetwork(graph, threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeNetwork(graph, threads)
+    raise ValueError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")

@@ -1,0 +1,180 @@
+"""CPU fast paths: what the CPU reports, the exported graph in each runtime, int8 within its
+bound on real imagery, and ``precision=auto`` falling back to fp32 when a probe fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import backend.inference as inference
+from backend.inference import AUTO_INT8_MIN_PSNR, InferenceError, SuperResolver, cpu_has_fast_bf16
+from backend.model import SlimDiffSRStudent
+from backend.model.config import TINY_STUDENT
+from backend.runtime.cpu import CpuInfo, parse_cpuinfo
+from backend.runtime.engines import available_runtimes, load_network
+from backend.runtime.export import ImageOnly, cached_onnx
+
+RUNTIMES = available_runtimes()
+needs_runtime = pytest.mark.skipif(not RUNTIMES, reason="neither OpenVINO nor ONNX Runtime is installed")
+avx2_only = pytest.mark.skipif(cpu_has_fast_bf16(), reason="this CPU has native bf16: auto picks bf16")
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 7B13
+physical id\t: 0
+core id\t: 0
+flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B13
+physical id\t: 0
+core id\t: 1
+flags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2
+"""
+
+
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Exported graphs go to one folder for this module, not the user's cache."""
+    folder = tmp_path_factory.getbasetemp() / "runtime-cache"
+    monkeypatch.setenv("SLIMDIFFSR_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model() -> SlimDiffSRStudent:
+    """A tiny student with the input residual, like the bundled models (random weights)."""
+    torch.manual_seed(0)
+    return SlimDiffSRStudent(TINY_STUDENT).eval()
+
+
+@pytest.fixture(scope="module")
+def real_crops(fixtures_dir: Path) -> list[np.ndarray]:
+    """Four 48 px crops (HxWx3 in [0, 1]) of a real orthophoto."""
+    import rasterio
+
+    with rasterio.open(fixtures_dir / "rasterio/RGB.byte.tif") as src:
+        data = src.read([1, 2, 3], window=rasterio.windows.Window(300, 250, 96, 96)).astype(np.float32) / 255
+    return [np.ascontiguousarray(data[:, y : y + 48, x : x + 48].transpose(1, 2, 0))
+            for y in (0, 48) for x in (0, 48)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_cpu_flags_cores_and_isa_from_cpuinfo() -> None:
+    model, flags, cores = parse_cpuinfo(CPUINFO)
+    assert model == "AMD EPYC 7B13" and cores == 2
+    assert flags == {"avx2", "fma"}
+    info = CpuInfo(model, flags, cores, 2)
+    assert info.isa == "avx2" and not info.native_bf16
+    assert info.describe() == "AMD EPYC 7B13, 2 cores (2 threads), avx2 fma"
+    amx = CpuInfo("Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}), 4, 8)
+    assert amx.isa == "amx" and amx.native_bf16
+
+
+@needs_runtime
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_exported_graph_equals_torch_at_any_tile_size(model, runtime, graph_cache) -> None:
+    """One graph, exported at one size, serves other sizes and batches at fp32 accuracy."""
+    graph = cached_onnx(model, graph_cache)
+    assert cached_onnx(model, graph_cache) == graph  # exported once
+    network = load_network(runtime, graph, threads=1)
+    for shape in ((1, 3, 48, 80), (2, 3, 96, 64)):
+        noise = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+        x = torch.nn.functional.avg_pool2d(noise, 3, 1, 1)
+        with torch.inference_mode():
+            ref = ImageOnly(model).eval()(x * 2 - 1)
+        out = network(x * 2 - 1)
+        assert out.shape == ref.shape
+        assert float((out - ref).abs().max()) < 1e-4
+
+
+@needs_runtime
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_cpu_path_stays_within_its_bound(model, runtime, real_crops) -> None:
+    """fp32 in a runtime equals torch; int8 calibrated on real imagery stays within 1 %
+    relative L2 and AUTO_INT8_MIN_PSNR of torch fp32 on other real crops."""
+    reference = SuperResolver(model, 4, "cpu", "fp32", runtime="torch")
+    fp32 = SuperResolver(model, 4, "cpu", "fp32", runtime=runtime)
+    int8 = SuperResolver(model, 4, "cpu", "int8", runtime=runtime)
+    assert fp32.description.endswith(f"{runtime} fp32") and reference.description.endswith(", fp32")
+    assert int8.calibrate(real_crops[:2]) and int8.description.endswith(f"{runtime} int8")
+    for lr in real_crops[2:]:
+        ref = reference.super_resolve(lr, pad_multiple=16)
+        assert np.abs(fp32.super_resolve(lr, pad_multiple=16) - ref).max() < 1e-4
+        out = int8.super_resolve(lr, pad_multiple=16)
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.01
+        assert psnr(out, ref) >= AUTO_INT8_MIN_PSNR
+        assert np.abs(out - ref).max() > 0  # really int8, not fp32 again
+
+
+@needs_runtime
+@avx2_only
+def test_auto_takes_int8_only_when_its_probe_passes(model, real_crops, monkeypatch) -> None:
+    auto = SuperResolver(model, 4, "cpu", "auto")
+    assert auto.runtime == RUNTIMES[0] and auto.precision == "fp32" and auto.needs_calibration
+    assert auto.calibrate(real_crops) and auto.precision == "int8"
+    assert auto.probe_psnr is not None and auto.probe_psnr >= AUTO_INT8_MIN_PSNR
+    assert not auto.needs_calibration
+
+    monkeypatch.setattr(inference, "AUTO_INT8_MIN_PSNR", 1000.0)  # no int8 can pass this
+    strict = SuperResolver(model, 4, "cpu", "auto")
+    assert not strict.calibrate(real_crops)
+    assert strict.precision == "fp32" and strict.description.endswith(f"{RUNTIMES[0]} fp32")
+
+
+@avx2_only
+def test_auto_runs_torch_fp32_when_the_runtime_probe_fails(model, monkeypatch) -> None:
+    monkeypatch.setattr(inference, "AUTO_PRECISION_TOLERANCE", 0.0)  # no path but torch can pass
+    auto = SuperResolver(model, 4, "cpu", "auto")
+    assert auto.runtime == "torch" and auto.precision == "fp32"
+    assert auto.description.startswith("cpu (") and auto.description.endswith(", fp32")
+    assert not auto.needs_calibration and not auto.calibrate([np.zeros((16, 16, 3), np.float32)])
+
+
+def test_int8_requests_that_cannot_be_honoured(model) -> None:
+    with pytest.raises(InferenceError, match="unknown runtime"):
+        SuperResolver(model, 4, "cpu", "fp32", runtime="tensorrt")
+    if torch.cuda.is_available():
+        with pytest.raises(InferenceError, match="int8 runs on the CPU only"):
+            SuperResolver(model, 4, "cuda", "int8")
+
+
+@needs_runtime
+@avx2_only
+def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -> None:
+    import rasterio
+
+    from backend.engine import UpscaleOptions, upscale_raster
+    from backend.weights import save_safetensors
+
+    torch.manual_seed(0)
+    weights = save_safetensors(SlimDiffSRStudent(TINY_STUDENT), tmp_path / "t_x4.safetensors", 4, name="t")
+    src, _ = rgb_crop(96)
+    auto = upscale_raster(src, tmp_path / "auto.tif", str(weights), UpscaleOptions(tile_size=64))
+    fp32 = upscale_raster(src, tmp_path / "fp32.tif", str(weights),
+                          UpscaleOptions(tile_size=64, precision="fp32"))
+    assert auto.device.endswith("int8") and fp32.device.endswith(", fp32")
+    with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "fp32.tif") as b:
+        assert a.tags()["SLIMDIFFSR_PRECISION"] == "int8"
+        diff = np.abs(a.read().astype(int) - b.read().astype(int))
+    assert np.quantile(diff, 0.99) <= 1 and diff.max() <= 8
+
+
+def test_gpu_check_dry_run_on_the_cpu(tmp_path) -> None:
+    """The CUDA check's whole flow on the CPU: correctness rows, timing rows, exit status 0."""
+    from tools.gpu_check import main
+
+    report = tmp_path / "gpu.json"
+    code = main(["--device", "cpu", "--out-sizes", "256", "--batches", "1,2", "--precisions", "fp32",
+                 "--budget-s", "300", "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert code == 0 and result["verdict"] == "ok"
+    assert [r["precision"] for r in result["correctness"]] == ["fp32"]
+    assert result["correctness"][0]["max_dn"] == 0.0
+    assert [(r["out"], r["batch"]) for r in result["timings"]] == [("256x256", 1), ("256x256", 2)]
+    assert all(r["mpx_s"] > 0 for r in result["timings"])
