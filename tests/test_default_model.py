@@ -90,7 +90,7 @@ def test_evaluation_reports_every_reduction_per_raster(bundled_report: dict) -> 
     n = len(bundled_report["images"])
     assert n == 6 and all(len(v["per_raster"]) == n for v in g.values())
     metrics = bundled_report["metrics"]
-    assert metrics["realistic/bicubic"]["psnr_y"] < metrics["bicubic/bicubic"]["psnr_y"] - 1.0
+    assert metrics["realistic/bicubic"]["psnr_y"] < metrics["bicubic/bicubic"]["psnr_y"] - 0.5
     with_step, without = gains(bundled_report, "with-lr-consistency"), gains(bundled_report, "network-alone")
     # the shipped step helps on the kernel it assumes
     assert with_step["bicubic"]["mean"] >= without["bicubic"]["mean"]

@@ -232,7 +232,7 @@ CASES = [
     # bad parameters
     Case("band-missing", opts("--bands", "9"), 2, "does not exist"),
     Case("band-repeated", opts("--bands", "1,1"), 2, "repeats"),
-    Case("band-not-a-number", opts("--bands", "red"), 2, "band list"),
+    Case("band-not-a-number", opts("--bands", "red"), 2, "not a list of band numbers"),
     Case("tile-too-small", opts("--tile-size", 4), 2, "tile"),
     Case("overlap-negative", opts("--overlap", -1), 2, "overlap"),
     Case("batch-zero", opts("--batch-size", 0), 2, "batch size"),
