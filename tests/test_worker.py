@@ -223,13 +223,14 @@ def test_an_environment_that_cannot_start_the_worker_says_how_to_fix_it(tmp_path
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'No module named backend.worker' >&2\nexit 1\n")
     fake.chmod(0o755)
-    with pytest.raises(WorkerError, match=r"could not start the worker \(exit code 1: No module .*make inst"):
+    expected = r"could not start the worker \(exit code 1: No module .*slimdiffsr:setup"
+    with pytest.raises(WorkerError, match=expected):
         run_request({"type": "probe"}, RecordingFeedback(), python=fake, root=tmp_path)
 
 
-def test_missing_environment_names_make_install(tmp_path: Path, monkeypatch) -> None:
+def test_missing_environment_names_the_setup_algorithm(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("SLIMDIFFSR_PYTHON", raising=False)
-    with pytest.raises(WorkerError, match=r"environment was not found .*run 'make install' in"):
+    with pytest.raises(WorkerError, match=r"environment was not found .*\(slimdiffsr:setup\) once"):
         locate_python(None, tmp_path)
 
 
