@@ -250,7 +250,7 @@ def test_upscale_parameters(qgis: Qgis) -> None:
     assert params["TILE_SIZE"]["is_advanced"] and params["OVERLAP"]["is_advanced"]
     assert params["WEIGHTS"]["optional"] and params["BANDS"]["optional"]
     assert params["DEVICE"]["raw_definition"]["options"] == ["auto", "cpu", "cuda"]
-    assert params["PRECISION"]["raw_definition"]["options"] == ["auto", "fp32", "bf16", "fp16"]
+    assert params["PRECISION"]["raw_definition"]["options"] == ["auto", "fp32", "bf16", "fp16", "int8"]
     assert "*.safetensors *.pkl *.pth *.pt" in params["WEIGHTS"]["raw_definition"]["filefilter"]
     assert help_["algorithm_details"]["help_url"].startswith("https://")
     details = help_["algorithm_details"]
