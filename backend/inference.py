@@ -151,9 +151,10 @@ class SuperResolver:
     error against fp32 stays under 1 %; otherwise fp32. On CPUs without native bf16 (AVX2
     laptops and servers, where emulated bf16 is slower than fp32) it runs the network in a
     CPU inference runtime (``runtime``: OpenVINO first, then ONNX Runtime, when installed),
-    checked against torch fp32 on the probe; :meth:`calibrate` on real imagery then
-    switches to int8 if the int8 network stays within ``AUTO_INT8_MIN_PSNR`` of fp32 on
-    it. ``precision='int8'`` takes the int8 network after calibration whatever its error.
+    checked against torch fp32 on the probe; where the CPU has int8 dot products (VNNI,
+    AMX; ``auto_int8``), :meth:`calibrate` on real imagery then switches to int8 if the
+    int8 network stays within ``AUTO_INT8_MIN_PSNR`` of fp32 on it. ``precision='int8'``
+    takes the int8 network after calibration whatever its error.
     ``precision='fp32'`` (and ``runtime='torch'``) is torch, the reference.
     """
 
@@ -170,6 +171,7 @@ class SuperResolver:
         lr_consistency: bool = False,
         receptive_margin: int | None = None,
         runtime: str = "auto",
+        auto_int8: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -197,6 +199,9 @@ class SuperResolver:
         self._cpu_path = None
         self._calibrate = False
         self._wanted = precision
+        # Whether 'auto' calibrates an int8 candidate: by default where the CPU has int8
+        # dot products (cpu_info().fast_int8); elsewhere it costs more than it saves.
+        self._auto_int8 = cpu_info().fast_int8 if auto_int8 is None else auto_int8
         self.precision, network = self._choose_precision(precision, runtime)
         # The probe already built the chosen network (a bf16 copy of the weights on the
         # CPU); reuse it rather than copying the model a second time.
@@ -274,7 +279,7 @@ class SuperResolver:
         ):
             network = self._cpu_runtime(runtime, required=precision == "int8" or runtime != "auto")
             if network is not None:
-                self._calibrate = precision in ("auto", "int8")
+                self._calibrate = precision == "int8" or (precision == "auto" and self._auto_int8)
                 return "fp32", network
             if precision == "int8":
                 raise InferenceError(

@@ -72,8 +72,18 @@ def test_cpu_flags_cores_and_isa_from_cpuinfo() -> None:
     info = CpuInfo(model, flags, cores, 2)
     assert info.isa == "avx2" and not info.native_bf16
     assert info.describe() == "AMD EPYC 7B13, 2 cores (2 threads), avx2 fma"
-    amx = CpuInfo("Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}), 4, 8)
-    assert amx.isa == "amx" and amx.native_bf16
+    assert not info.fast_int8
+    amx = CpuInfo("Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}), 4, 8)
+    assert amx.isa == "amx" and amx.native_bf16 and amx.fast_int8
+    assert CpuInfo("Core i7-1260P", frozenset({"avx2", "fma", "avx_vnni"}), 12, 16).fast_int8
+
+
+@needs_runtime
+@avx2_only
+def test_auto_on_avx2_without_vnni_runs_fp32_in_a_runtime_without_calibrating(model) -> None:
+    auto = SuperResolver(model, 4, "cpu", "auto", auto_int8=False)
+    assert auto.runtime == RUNTIMES[0] and auto.precision == "fp32" and not auto.needs_calibration
+    assert auto.probe_error is not None and auto.probe_error < 1e-4
 
 
 @needs_runtime
@@ -115,14 +125,15 @@ def test_every_cpu_path_stays_within_its_bound(model, runtime, real_crops) -> No
 @needs_runtime
 @avx2_only
 def test_auto_takes_int8_only_when_its_probe_passes(model, real_crops, monkeypatch) -> None:
-    auto = SuperResolver(model, 4, "cpu", "auto")
+    # auto_int8: as on a CPU with int8 dot products (VNNI, AMX), whatever this one has
+    auto = SuperResolver(model, 4, "cpu", "auto", auto_int8=True)
     assert auto.runtime == RUNTIMES[0] and auto.precision == "fp32" and auto.needs_calibration
     assert auto.calibrate(real_crops) and auto.precision == "int8"
     assert auto.probe_psnr is not None and auto.probe_psnr >= AUTO_INT8_MIN_PSNR
     assert not auto.needs_calibration
 
     monkeypatch.setattr(inference, "AUTO_INT8_MIN_PSNR", 1000.0)  # no int8 can pass this
-    strict = SuperResolver(model, 4, "cpu", "auto")
+    strict = SuperResolver(model, 4, "cpu", "auto", auto_int8=True)
     assert not strict.calibrate(real_crops)
     assert strict.precision == "fp32" and strict.description.endswith(f"{RUNTIMES[0]} fp32")
 
@@ -145,7 +156,6 @@ def test_int8_requests_that_cannot_be_honoured(model) -> None:
 
 
 @needs_runtime
-@avx2_only
 def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -> None:
     import rasterio
 
@@ -155,7 +165,8 @@ def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -
     torch.manual_seed(0)
     weights = save_safetensors(SlimDiffSRStudent(TINY_STUDENT), tmp_path / "t_x4.safetensors", 4, name="t")
     src, _ = rgb_crop(96)
-    auto = upscale_raster(src, tmp_path / "auto.tif", str(weights), UpscaleOptions(tile_size=64))
+    auto = upscale_raster(src, tmp_path / "auto.tif", str(weights),
+                          UpscaleOptions(tile_size=64, precision="int8"))
     fp32 = upscale_raster(src, tmp_path / "fp32.tif", str(weights),
                           UpscaleOptions(tile_size=64, precision="fp32"))
     assert auto.device.endswith("int8") and fp32.device.endswith(", fp32")
