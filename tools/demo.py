@@ -109,10 +109,12 @@ def main() -> int:
     output = BUILD / f"{source.stem}_x4.tif"
     output.unlink(missing_ok=True)
     device = os.environ.get("DEMO_DEVICE", "0")  # 0 auto, 1 cpu, 2 cuda
+    precision = os.environ.get("DEMO_PRECISION", "0")  # 0 auto, 1 fp32 (torch, the reference)
     overviews = os.environ.get("DEMO_OVERVIEWS", "1")
     args = [
         *(QGIS_PROCESS, "--json", "run", "slimdiffsr:upscale", "--", f"INPUT={source}", f"BANDS={BANDS}"),
-        *(f"NODATA={NODATA}", f"DEVICE={device}", f"OVERVIEWS={overviews}", f"OUTPUT={output}"),
+        *(f"NODATA={NODATA}", f"DEVICE={device}", f"PRECISION={precision}", f"OVERVIEWS={overviews}",
+          f"OUTPUT={output}"),
     ]
     print(f"running: {' '.join(args[:4])} INPUT={source.name} BANDS={BANDS} NODATA={NODATA}")
     started = time.monotonic()
