@@ -43,8 +43,8 @@ bench-plugin: install
 	@DEMO_SIZE=1024 DEMO_OVERVIEWS=0 $(PY) tools/demo.py
 
 # The README's before/after figure: the Quality Check (slimdiffsr:assess) with the bundled
-# model on a held-out NEON plot of ../shared/data/eval; prints its metrics.
-FIGURE_INPUT ?= $(SHARED)/data/eval/deepforest/SJER_064.tif
+# model on a held-out WorldView-2 chip of Rotterdam (urban blocks) in ../shared/data/eval; prints its metrics.
+FIGURE_INPUT ?= $(SHARED)/data/eval/solaris/pan3.tif
 figure: install
 	@$(QGIS_HEADLESS) $(QGIS_PROCESS) --json run $(PLUGIN_NAME):assess -- INPUT=$(FIGURE_INPUT) \
 	  OUTPUT_HTML=build/figure.html OUTPUT_PNG=docs/images/before_after.png > build/figure.json
