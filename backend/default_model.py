@@ -26,7 +26,7 @@ from rasterio.io import MemoryFile
 from backend.engine.margin import edge_profile, receptive_margin
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
-from backend.model.lr_consistency import enlarge
+from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 
 # Eval images are cropped (centre) to at most this many HR pixels a side, to bound time.
@@ -108,7 +108,8 @@ def evaluate(
             with torch.no_grad():
                 up = resolver.upsample(x)
                 network = resolver.restore(up)[0]
-                sr = resolver.consistent(network, x) if loaded.lr_consistency else network
+                consistent = enforce_lr_consistency(network, x.to(network.device), scale)
+                sr = consistent if loaded.lr_consistency else network
             seconds += time.perf_counter() - start
             pixels += sr.shape[-2] * sr.shape[-1]
             outputs = {
@@ -116,7 +117,7 @@ def evaluate(
                 "lanczos": lanczos_upsample(lr, scale),
                 "model": (sr.cpu() / 2 + 0.5).clamp(0, 1),
                 "network-alone": (network.cpu() / 2 + 0.5).clamp(0, 1),
-                "with-lr-consistency": (resolver_consistent(network, x, scale).cpu() / 2 + 0.5).clamp(0, 1),
+                "with-lr-consistency": (consistent.cpu() / 2 + 0.5).clamp(0, 1),
             }
             y_hr = rgb_to_y(image.hr)
             for method, out in outputs.items():
@@ -136,13 +137,6 @@ def evaluate(
         "per_raster_psnr_y": per_raster,
         "model_mpx_per_s_fp32_whole_image": round(pixels / seconds / 1e6, 3),
     }
-
-
-def resolver_consistent(network: torch.Tensor, lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The network output with one LR-consistency step, whatever the weights record."""
-    from backend.model.lr_consistency import enforce_lr_consistency
-
-    return enforce_lr_consistency(network, lr.to(network.device), scale)
 
 
 def gains(report: dict[str, object], method: str = "model") -> dict[str, dict[str, object]]:

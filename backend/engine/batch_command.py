@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from backend.engine.batch import DEFAULT_PATTERN
-from backend.engine.command import add_cluster_arguments, parse_resources
+from backend.engine.command import add_run_arguments, parse_resources
 from backend.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
 
 HELP = "super-resolve many rasters (a folder, a glob or a list file) into a folder, here or on a cluster"
@@ -25,17 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("output_folder", help="where the outputs go (must exist)")
     add("--pattern", default=DEFAULT_PATTERN, help="output file name; {stem}, {name} and {scale} are "
         f"replaced (default: {DEFAULT_PATTERN})")
-    add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")
-    add("--scale", type=int, choices=(2, 4, 8), help="scale factor (default: from the weights)")
-    add("--bands", help="1-based input bands, e.g. 4,3,2 (default: RGB, else the first three)")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (each worker picks its own with auto)")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    add("--tile-size", type=int, help="tile size in input pixels (default: automatic)")
-    add("--overlap", type=int, help="tile overlap in input pixels (default: automatic)")
-    add("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
-    add("--overviews", action="store_true", help="build internal overviews (average)")
-    add("--quiet", action="store_true", help="no progress bar")
-    add_cluster_arguments(parser)
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

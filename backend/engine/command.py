@@ -23,22 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("input", help="input raster (GeoTIFF or any raster GDAL reads)")
     add("output", help="output GeoTIFF (.tif); written beside as a temporary file, then renamed")
+    add_run_arguments(parser)
+    add("--all-bands", action="store_true",
+        help="every band in groups of three (non-visible bands are out of distribution)")
+    add("--batch-size", type=int, default=None,
+        help="tiles per model call (default: 4 on a GPU, 1 on the CPU)")
+    add("--nodata", type=float, help="treat this input value as nodata (overrides the file)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, tiling, output and cluster options (shared with upscale-batch)."""
+    from backend.engine.options import PRECISIONS
+
+    add = parser.add_argument
     add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")
     add("--scale", type=int, choices=(2, 4, 8), help="scale factor (default: from the weights)")
     add("--bands", help="1-based input bands, e.g. 4,3,2 (default: RGB, else the first three)")
-    add("--all-bands", action="store_true",
-        help="every band in groups of three (non-visible bands are out of distribution)")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto; on a cluster each "
+        "worker picks its own)")
+    add("--precision", default="auto", choices=PRECISIONS,
         help="compute precision (default: auto = fastest within 1%% of fp32)")
     add("--tile-size", type=int, help="tile size in input pixels (default: the largest that fits the "
         "memory of the paper student's 768-pixel tiles in fours, at most 2048 output pixels on a GPU "
         "and 1280 on the CPU)")
-    add("--overlap", type=int, help="tile overlap in input pixels (default: 128 output pixels)")
-    add("--batch-size", type=int, default=None,
-        help="tiles per model call (default: 4 on a GPU, 1 on the CPU)")
-    add("--nodata", type=float, help="treat this input value as nodata (overrides the file)")
-    add("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    add("--overlap", type=int, help="tile overlap in input pixels (default: twice the weights' measured "
+        "receptive margin, at least 64 output pixels; 128 output pixels when they record none)")
+    add("--cog", action="store_true", help="write Cloud Optimized GeoTIFF output")
     add("--overviews", action="store_true", help="build internal overviews (average)")
     add("--quiet", action="store_true", help="no progress bar")
     add_cluster_arguments(parser)
