@@ -32,10 +32,11 @@ install: venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The whole suite: model, weights, engine, worker, real QGIS (qgis_process), training.
 test: install train-install
-	$(PY) -m ruff check .
+	$(MAKE) lint
 	$(PY) -m pytest -q
 
 bench: venv

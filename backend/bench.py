@@ -112,8 +112,9 @@ def eval_pairs(folder: Path, scale: int, side: int = EVAL_SIDE) -> list[tuple[st
     return pairs
 
 
-def training_crops(folder: Path, count: int = CALIBRATION_CROPS, side: int = CALIBRATION_SIDE,
-                   seed: int = 0) -> list[np.ndarray]:
+def training_crops(
+    folder: Path, count: int = CALIBRATION_CROPS, side: int = CALIBRATION_SIDE, seed: int = 0
+) -> list[np.ndarray]:
     """Random ``side`` crops (HxWx3 in [0, 1], the training data's stretch) of distinct
     training rasters: the int8 calibration set."""
     import rasterio
@@ -154,8 +155,9 @@ class BenchPath:
     per_image: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
 
 
-def paths_for(model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, object],
-              calibration: list[np.ndarray]) -> list[BenchPath]:
+def paths_for(
+    model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, object], calibration: list[np.ndarray]
+) -> list[BenchPath]:
     """Every path this machine can run, built for ``model``."""
     info = cpu_info()
 
@@ -166,8 +168,11 @@ def paths_for(model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, obj
         return BenchPath(name, lambda lr, r=r: r.super_resolve(lr, pad_multiple=r.multiple), r.description)
 
     naive = release_style_copy(model)
-    out = [BenchPath("release (fp32, NCHW, whole image)", lambda lr: naive_release_forward(naive, lr, scale),
-                 "torch")]
+    out = [
+        BenchPath(
+            "release (fp32, NCHW, whole image)", lambda lr: naive_release_forward(naive, lr, scale), "torch"
+        )
+    ]
     out.append(entry("torch fp32 channels-last", resolver("fp32", "torch")))
     if info.native_bf16:
         out.append(entry("torch bf16", resolver("bf16", "torch")))
@@ -182,6 +187,7 @@ def paths_for(model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, obj
         auto.calibrate(calibration)
     out.append(entry("auto (calibrated on train)", auto))
     if auto.runtime != "torch":
+
         def engine_style(lr: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
             """As the engine: a fresh auto resolver calibrated on crops of the image itself."""
             r = resolver("auto", "auto")
@@ -190,8 +196,14 @@ def paths_for(model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, obj
             r.calibrate([lr[y : y + s, x : x + s] for y in (0, h - s) for x in (0, w - s)])
             return lambda img, r=r: r.super_resolve(img, pad_multiple=r.multiple)
 
-        out.append(BenchPath("auto (engine: calibrated on the image)", out[-1].run, auto.description,
-                         per_image=engine_style))
+        out.append(
+            BenchPath(
+                "auto (engine: calibrated on the image)",
+                out[-1].run,
+                auto.description,
+                per_image=engine_style,
+            )
+        )
     return out
 
 
@@ -200,8 +212,10 @@ def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[lis
     shared = shared_dir() / "data"
     pairs = eval_pairs(shared / "eval", scale) if (shared / "eval").is_dir() else []
     calibration = training_crops(shared / "train") if (shared / "train").is_dir() else []
-    note = (f"error on {len(pairs)} eval crops ({EVAL_SIDE} px, x{scale} bicubic); int8 calibrated on "
-            f"{len(calibration)} train crops of {CALIBRATION_SIDE} px")
+    note = (
+        f"error on {len(pairs)} eval crops ({EVAL_SIDE} px, x{scale} bicubic); int8 calibrated on "
+        f"{len(calibration)} train crops of {CALIBRATION_SIDE} px"
+    )
     lr = test_image(size // scale)
     mpx = size * size / 1e6
     rows: list[dict[str, object]] = []
@@ -226,8 +240,20 @@ def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[lis
                 scores = [psnr_y(o, hr, scale) for o, (_, _, hr) in zip(outs, pairs, strict=True)]
                 psnr = float(np.mean(scores))
                 dpsnr = psnr - float(np.mean(ref_psnr))
-            rows.append(dict(config=label, path=p.name, description=p.description, params=params, flops=flops,
-                             mpx_s=mpx / t, speedup=t_release / t, rel_l2=rel, psnr_y=psnr, dpsnr=dpsnr))
+            rows.append(
+                dict(
+                    config=label,
+                    path=p.name,
+                    description=p.description,
+                    params=params,
+                    flops=flops,
+                    mpx_s=mpx / t,
+                    speedup=t_release / t,
+                    rel_l2=rel,
+                    psnr_y=psnr,
+                    dpsnr=dpsnr,
+                )
+            )
             print(format_row(rows[-1]), flush=True)
     return rows, note
 
@@ -240,24 +266,31 @@ def load_config(name: str, scale: int) -> tuple[SlimDiffSRStudent, dict[str, obj
         from backend.weights import default_weights_path, load_weights
 
         loaded = load_weights(default_weights_path(scale), scale=scale)
-        kwargs = {"color_match": loaded.color_match, "lr_consistency": loaded.lr_consistency,
-                  "receptive_margin": loaded.receptive_margin}
+        kwargs = {
+            "color_match": loaded.color_match,
+            "lr_consistency": loaded.lr_consistency,
+            "receptive_margin": loaded.receptive_margin,
+        }
         return loaded.model.eval(), kwargs, f"bundled default x{scale}"
     torch.manual_seed(0)
     return SlimDiffSRStudent(PRESETS[name]).eval(), {}, f"{name} (random weights)"
 
 
-HEADER = ("| network | path | runs as | MFLOP/px | output Mpx/s | vs release | rel L2 vs fp32 | PSNR-Y (dB) "
-          "| dPSNR-Y vs fp32 |\n|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| network | path | runs as | MFLOP/px | output Mpx/s | vs release | rel L2 vs fp32 | PSNR-Y (dB) "
+    "| dPSNR-Y vs fp32 |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def format_row(r: dict[str, object]) -> str:
     def f(key: str, fmt: str) -> str:
         return "-" if r[key] is None else format(r[key], fmt)
 
-    return (f"| {r['config']} | {r['path']} | {r['description']} | {r['flops'] / 1e6:.3f} | "
-            f"{r['mpx_s']:.3f} | {r['speedup']:.2f}x | {f('rel_l2', '.5f')} | {f('psnr_y', '.3f')} | "
-            f"{f('dpsnr', '+.3f')} |")
+    return (
+        f"| {r['config']} | {r['path']} | {r['description']} | {r['flops'] / 1e6:.3f} | "
+        f"{r['mpx_s']:.3f} | {r['speedup']:.2f}x | {f('rel_l2', '.5f')} | {f('psnr_y', '.3f')} | "
+        f"{f('dpsnr', '+.3f')} |"
+    )
 
 
 def header(size: int) -> str:
@@ -270,9 +303,11 @@ def header(size: int) -> str:
         except md.PackageNotFoundError:
             versions.append(f"{package} not installed")
     info = cpu_info()
-    return (f"CPU: {info.describe()} (ISA {info.isa}, native bf16: {'yes' if info.native_bf16 else 'no'})\n"
-            f"{', '.join(versions)}; torch threads {torch.get_num_threads()}\n"
-            f"Model throughput, {size}x{size} output, x4 (median of runs after a warm-up)")
+    return (
+        f"CPU: {info.describe()} (ISA {info.isa}, native bf16: {'yes' if info.native_bf16 else 'no'})\n"
+        f"{', '.join(versions)}; torch threads {torch.get_num_threads()}\n"
+        f"Model throughput, {size}x{size} output, x4 (median of runs after a warm-up)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--size", type=int, default=1024, help="output size in pixels (square)")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--configs", default="paper,default",
-                        help=f"comma list of default (bundled x4 weights) and {sorted(PRESETS)}")
+    parser.add_argument(
+        "--configs",
+        default="paper,default",
+        help=f"comma list of default (bundled x4 weights) and {sorted(PRESETS)}",
+    )
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in PRESETS and c != "default"]

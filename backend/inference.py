@@ -274,8 +274,9 @@ class SuperResolver:
         if precision != "auto":
             self._check_supported(precision)
         if self.device.type == "cpu" and (
-            precision == "int8" or (precision == "auto" and not cpu_has_fast_bf16()) or
-            (precision == "fp32" and runtime not in ("auto", "torch"))
+            precision == "int8"
+            or (precision == "auto" and not cpu_has_fast_bf16())
+            or (precision == "fp32" and runtime not in ("auto", "torch"))
         ):
             network = self._cpu_runtime(runtime, required=precision == "int8" or runtime != "auto")
             if network is not None:
@@ -364,8 +365,9 @@ class SuperResolver:
         err, psnr = probe_errors(test, ref)
         self.probe_error, self.probe_psnr = err, psnr
         self._calibrate = False
-        if self._wanted == "int8" or (np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE
-                                      and psnr >= AUTO_INT8_MIN_PSNR):
+        if self._wanted == "int8" or (
+            np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE and psnr >= AUTO_INT8_MIN_PSNR
+        ):
             self.precision, self._network = "int8", int8
             return True
         return False

@@ -234,8 +234,12 @@ def read_sample(
                 "more than half of the sample region is nodata; choose an extent inside the image"
             )
         sample = _stretch(data, valid, src.dtypes[bands[0] - 1])
-    info = {"col_off": int(window.col_off), "row_off": int(window.row_off),
-            "width": int(window.width), "height": int(window.height)}
+    info = {
+        "col_off": int(window.col_off),
+        "row_off": int(window.row_off),
+        "width": int(window.width),
+        "height": int(window.height),
+    }
     return sample, bands, info
 
 
@@ -311,12 +315,14 @@ def verdict_text(report: QualityReport) -> tuple[str, bool]:
     if helps:
         return (
             f"SlimDiffSR beats bicubic on this sample at x{report.scale} under every reduction tried "
-            f"({per_check}).", True
+            f"({per_check}).",
+            True,
         )
     worse = [c.label for c in checks if not c.helps()]
     return (
         f"SlimDiffSR does not beat bicubic on this sample at x{report.scale} under {', '.join(worse)} "
-        f"({per_check}); inspect the images, try other weights, or fine-tune on this imagery.", False
+        f"({per_check}); inspect the images, try other weights, or fine-tune on this imagery.",
+        False,
     )
 
 
@@ -335,7 +341,7 @@ def render_html(report: QualityReport, png_bytes: bytes, layer: str) -> str:
 <style>body{{font-family:sans-serif;margin:1.5em;max-width:1200px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}}
 th{{background:#eee}}img{{width:100%;image-rendering:pixelated}}
-.verdict{{font-size:1.2em;padding:.5em;background:{'#e6f4e6' if report.helps else '#fbeaea'}}}</style>
+.verdict{{font-size:1.2em;padding:.5em;background:{"#e6f4e6" if report.helps else "#fbeaea"}}}</style>
 </head><body>
 <h1>SlimDiffSR quality check</h1>
 <p class="verdict">{esc(report.verdict)}</p>
@@ -345,8 +351,8 @@ th{{background:#eee}}img{{width:100%;image-rendering:pixelated}}
 <h2>Sample</h2>
 <img src="data:image/png;base64,{img}" alt="per reduction: degraded input, bicubic, SlimDiffSR, reference">
 <h2>How this was measured</h2>
-<p>A {window.get('width')}x{window.get('height')} pixel sample of <code>{esc(layer)}</code>
-(column {window.get('col_off')}, row {window.get('row_off')}, bands {esc(str(report.bands))}) was taken as the
+<p>A {window.get("width")}x{window.get("height")} pixel sample of <code>{esc(layer)}</code>
+(column {window.get("col_off")}, row {window.get("row_off")}, bands {esc(str(report.bands))}) was taken as the
 reference, made x{report.scale} coarser in each way listed above (antialiased bicubic reduction; bicubic
 sampling without antialiasing; a Gaussian blur of 0.5 x scale pixels, area reduction, noise of 2/255
 and JPEG quality 85), then restored with the model and with bicubic interpolation. Metrics are
@@ -386,8 +392,10 @@ def assess(
     reference, bands, window = read_sample(path, options, scale)
     replicated = reference.shape[2] == 1
     model_input = np.repeat(reference, 3, axis=2) if replicated else reference
-    say(f"sample: {window['width']}x{window['height']} pixels at column {window['col_off']}, "
-        f"row {window['row_off']}, bands {bands}")
+    say(
+        f"sample: {window['width']}x{window['height']} pixels at column {window['col_off']}, "
+        f"row {window['row_off']}, bands {bands}"
+    )
     channel = f"band {bands[0]}" if replicated else "luma (Y) channel"
 
     def measured(image: np.ndarray) -> torch.Tensor:
@@ -406,8 +414,10 @@ def assess(
         sr = resolver.super_resolve(lr)
         score = ReductionScore(kind, label, *scores(measured(sr), ref_c), *scores(measured(bicubic), ref_c))
         if any(np.isnan(v) for v in (score.psnr_sr, score.ssim_sr, score.psnr_bicubic, score.ssim_bicubic)):
-            raise QualityError("the quality check could not be measured on this sample (a score is not a "
-                               "number); choose another extent or bands")
+            raise QualityError(
+                "the quality check could not be measured on this sample (a score is not a "
+                "number); choose another extent or bands"
+            )
         checks.append(score)
         nearest = np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
         panels = [

@@ -200,7 +200,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path.name} holds no state dict of tensors; it is not a SlimDiffSR checkpoint")
     prefix = "module."
     if all(k.startswith(prefix) for k in obj):
-        obj = {k[len(prefix):]: v for k, v in obj.items()}
+        obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
 
 

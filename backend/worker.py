@@ -233,7 +233,12 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         channel.send("progress", **progress_fields(update))
 
     report = upscale_raster(
-        request["input"], request["output"], resolver, options, progress=on_progress, cancel=cancel,
+        request["input"],
+        request["output"],
+        resolver,
+        options,
+        progress=on_progress,
+        cancel=cancel,
         log=channel.log,
     )
     # A cancel that arrives after the engine's last check finds the output complete: it is

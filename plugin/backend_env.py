@@ -337,8 +337,9 @@ def run_streaming(
             **_popen_group_kwargs(),
         )
     except OSError as exc:
-        raise EnvError(f"cannot run {cmd[0]} ({exc.strerror}); check that it is a Python interpreter") \
-            from None
+        raise EnvError(
+            f"cannot run {cmd[0]} ({exc.strerror}); check that it is a Python interpreter"
+        ) from None
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
@@ -426,8 +427,11 @@ def missing_prerequisite(info: dict[str, Any], python: Path, platform: str = sys
             "give PYTHON a newer interpreter"
         )
     if not info.get("venv"):
-        what = "Debian/Ubuntu: sudo apt install python3-venv" if platform.startswith("linux") else \
-            "reinstall Python with its standard library"
+        what = (
+            "Debian/Ubuntu: sudo apt install python3-venv"
+            if platform.startswith("linux")
+            else "reinstall Python with its standard library"
+        )
         return f"{python} has no 'venv' module ({what}), or give PYTHON another Python"
     return None
 
@@ -455,7 +459,7 @@ def fetch_pip_wheel(wheelhouse: Path | None, dest: Path, hooks: Hooks) -> Path:
     if at < 0:
         raise EnvError(f"{PIP_WHEEL} is not listed on {PIP_SIMPLE_INDEX}")
     start = page.rfind('href="', 0, at) + len('href="')
-    href = page[start: page.find('"', at)].split("#", 1)[0]
+    href = page[start : page.find('"', at)].split("#", 1)[0]
     url = urllib.parse.urljoin(PIP_SIMPLE_INDEX, href)
     hooks.info(f"downloading {url}")
     data = urllib.request.urlopen(url, timeout=120).read()
@@ -507,8 +511,9 @@ def health_problem(
     else the last error line (``ModuleNotFoundError: ...``, ``the package 'x' is not installed``)."""
     try:
         if distributions:
-            proc = run_code(python, _HEALTH_CODE, json.dumps([list(d) for d in distributions]),
-                            timeout=timeout)
+            proc = run_code(
+                python, _HEALTH_CODE, json.dumps([list(d) for d in distributions]), timeout=timeout
+            )
         else:
             proc = run_code(python, "pass", timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -564,8 +569,9 @@ def self_test(python: Path, root: Path, hooks: Hooks) -> None:
                 raise SetupCancelledError("setup cancelled by the user") from None
             raise EnvError(f"the self-test failed: {exc}") from None
         if report.get("output_size") != [192, 192] or not out.is_file():
-            raise EnvError(f"the self-test wrote an unexpected result ({report.get('output_size')}); "
-                           "run the setup again")
+            raise EnvError(
+                f"the self-test wrote an unexpected result ({report.get('output_size')}); run the setup again"
+            )
 
 
 def setup_environment(
@@ -600,13 +606,20 @@ def setup_environment(
         raise EnvError(f"the wheelhouse folder {wheelhouse} does not exist; give a folder of wheels")
 
     marker = read_marker(env_dir)
-    if marker and not force and python.is_file() and marker.get("requirements") == digest \
-            and marker.get("torch_build") == build:
+    if (
+        marker
+        and not force
+        and python.is_file()
+        and marker.get("requirements") == digest
+        and marker.get("torch_build") == build
+    ):
         problem = health_problem(python, modules)
         if problem is None:
             size = folder_size(env_dir)
-            hooks.info(f"the backend environment {env_dir} is already set up and healthy "
-                       f"({size / 2**30:.2f} GB, torch {marker.get('torch', '?')}); nothing to do")
+            hooks.info(
+                f"the backend environment {env_dir} is already set up and healthy "
+                f"({size / 2**30:.2f} GB, torch {marker.get('torch', '?')}); nothing to do"
+            )
             return SetupResult(python, env_dir, True, time.monotonic() - started, size, build)
         hooks.warning(f"the backend environment {env_dir} is broken ({problem}); rebuilding it")
         force = True  # pip would call its damaged packages installed: start from scratch
@@ -640,8 +653,14 @@ def setup_environment(
             _install_torch(python, torch_line, build, torch_index_url, wheelhouse, hooks)
         hooks.progress(60)
         hooks.info("installing the backend requirements")
-        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-               *pip_source_args(wheelhouse)]
+        cmd = [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            *pip_source_args(wheelhouse),
+        ]
         for req in requirements:
             cmd += ["-r", str(req)]
         code, tail = run_streaming(cmd, hooks, env=_child_env())
@@ -650,30 +669,48 @@ def setup_environment(
         hooks.progress(85)
         problem = health_problem(python, modules)
         if problem and not created:
-            hooks.warning(f"the existing environment {env_dir} cannot import its packages ({problem}); "
-                          "rebuilding it from scratch")
+            hooks.warning(
+                f"the existing environment {env_dir} cannot import its packages ({problem}); "
+                "rebuilding it from scratch"
+            )
             shutil.rmtree(env_dir, ignore_errors=True)
             return setup_environment(
-                env_dir, requirements, base_python=base, torch_build=build, torch_index_url=torch_index_url,
-                wheelhouse=wheelhouse, root=root, run_self_test=run_self_test, force=True, hooks=hooks,
+                env_dir,
+                requirements,
+                base_python=base,
+                torch_build=build,
+                torch_index_url=torch_index_url,
+                wheelhouse=wheelhouse,
+                root=root,
+                run_self_test=run_self_test,
+                force=True,
+                hooks=hooks,
             )
         if problem:
-            raise EnvError(f"the new environment cannot import its packages ({problem}); run the setup again "
-                           "with another PYTHON or TORCH_BUILD")
+            raise EnvError(
+                f"the new environment cannot import its packages ({problem}); run the setup again "
+                "with another PYTHON or TORCH_BUILD"
+            )
         if run_self_test:
             hooks.info("self-test: one small raster through the worker")
             self_test(python, root, hooks)
         torch_version = _torch_version(python) if torch_line else None
         if build == "cuda" and torch_line and not _cuda_usable(python):
             hooks.warning("torch cannot use the GPU (no driver, or a CPU-only build); the CPU will be used")
-        (env_dir / MARKER).write_text(json.dumps({
-            "requirements": digest,
-            "torch_build": build,
-            "torch": torch_version,
-            "python": ".".join(map(str, info["version"])),
-            "base_python": str(base),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }, indent=2), encoding="utf-8")
+        (env_dir / MARKER).write_text(
+            json.dumps(
+                {
+                    "requirements": digest,
+                    "torch_build": build,
+                    "torch": torch_version,
+                    "python": ".".join(map(str, info["version"])),
+                    "base_python": str(base),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
     except BaseException:
         if created:
             shutil.rmtree(env_dir, ignore_errors=True)
@@ -681,8 +718,10 @@ def setup_environment(
     hooks.progress(100)
     size = folder_size(env_dir)
     seconds = time.monotonic() - started
-    hooks.info(f"backend environment ready: {python} ({size / 2**30:.2f} GB, torch {torch_version or '-'}, "
-               f"{seconds:.0f} s)")
+    hooks.info(
+        f"backend environment ready: {python} ({size / 2**30:.2f} GB, torch {torch_version or '-'}, "
+        f"{seconds:.0f} s)"
+    )
     return SetupResult(python, env_dir, False, seconds, size, build)
 
 
@@ -709,8 +748,10 @@ def _env_version(python: Path) -> list[int] | None:
 def _torch_version(python: Path) -> str | None:
     """``2.13.0+cpu (CPU-only build)`` or ``2.13.0 (CUDA 13.0 build)``: the version alone does
     not tell the package index's CUDA build (several GB) from the CPU one."""
-    code = ("import torch; c = torch.version.cuda; "
-            "print(torch.__version__, f'(CUDA {c} build)' if c else '(CPU-only build)')")
+    code = (
+        "import torch; c = torch.version.cuda; "
+        "print(torch.__version__, f'(CUDA {c} build)' if c else '(CPU-only build)')"
+    )
     return run_code(python, code).stdout.strip() or None
 
 
@@ -724,8 +765,10 @@ def _create_venv(
 ) -> None:
     """``python -m venv``; without ensurepip (Debian's python3 without python3-venv) the venv
     is made without pip, and pip is installed into it from its pinned wheel (no root)."""
-    hooks.info(f"creating the backend environment {env_dir} with {base} "
-               f"(Python {'.'.join(map(str, info['version']))})")
+    hooks.info(
+        f"creating the backend environment {env_dir} with {base} "
+        f"(Python {'.'.join(map(str, info['version']))})"
+    )
     env_dir.parent.mkdir(parents=True, exist_ok=True)
     with_pip = bool(info.get("ensurepip"))
     cmd = [str(base), "-m", "venv", *([] if with_pip else ["--without-pip"]), str(env_dir)]
@@ -734,8 +777,10 @@ def _create_venv(
         reason = (tail[-1] if tail else f"exit code {code}")[:300]
         if "ensurepip" in reason:
             raise EnvError(no_pip_message(base, reason))
-        raise EnvError(f"{base} could not create a virtual environment in {env_dir} ({reason}); check free "
-                       "disk space and write permission, or give PYTHON another Python")
+        raise EnvError(
+            f"{base} could not create a virtual environment in {env_dir} ({reason}); check free "
+            "disk space and write permission, or give PYTHON another Python"
+        )
     if with_pip:
         return
     hooks.info(f"{base} has no ensurepip: installing {PIP_WHEEL} into the environment")
@@ -767,15 +812,24 @@ def _install_torch(
     url = default_torch_index(build) if index_url is None else index_url.strip()
     label = f"{build} build"
     if url and wheelhouse is None and not is_local_folder(url) and not index_reachable(url):
-        hooks.warning(f"the torch index {url} is not reachable; installing torch from pip's configured index "
-                      "instead (on Linux that is the CUDA build, about 5 GB installed); to avoid that, set "
-                      "TORCH_INDEX_URL to a reachable mirror of it or to a folder holding its torch wheel")
+        hooks.warning(
+            f"the torch index {url} is not reachable; installing torch from pip's configured index "
+            "instead (on Linux that is the CUDA build, about 5 GB installed); to avoid that, set "
+            "TORCH_INDEX_URL to a reachable mirror of it or to a folder holding its torch wheel"
+        )
         url = ""
         label = "the package index's build"  # on Linux the CUDA one, whatever was asked
     where = f" from {url}" if url else (f" from {wheelhouse}" if wheelhouse else "")
     hooks.info(f"installing {torch_line} ({label}){where}")
-    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-           *torch_install_args(build, url, wheelhouse), torch_line]
+    cmd = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        *torch_install_args(build, url, wheelhouse),
+        torch_line,
+    ]
     code, tail = run_streaming(cmd, hooks, env=_child_env())
     if code != 0:
         raise pip_failure(tail, torch_line, wheelhouse)
@@ -793,17 +847,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--torch-build", choices=TORCH_BUILDS, default="auto")
     parser.add_argument("--torch-index-url", default=None, help="empty: pip's configured index")
     parser.add_argument("--wheelhouse", type=Path, default=None, help="install offline from this folder")
-    parser.add_argument("--requirements", type=Path, action="append", default=None,
-                        help="requirement files (default: the plugin's requirements.txt)")
+    parser.add_argument(
+        "--requirements",
+        type=Path,
+        action="append",
+        default=None,
+        help="requirement files (default: the plugin's requirements.txt)",
+    )
     parser.add_argument("--no-self-test", action="store_true")
     parser.add_argument("--force", action="store_true", help="rebuild even when healthy")
     args = parser.parse_args(argv)
     hooks = Hooks(info=lambda text: print(text, flush=True))
     try:
         setup_environment(
-            args.env, args.requirements or [root / "requirements.txt"], base_python=args.python,
-            torch_build=args.torch_build, torch_index_url=args.torch_index_url, wheelhouse=args.wheelhouse,
-            root=root, run_self_test=not args.no_self_test, force=args.force, hooks=hooks,
+            args.env,
+            args.requirements or [root / "requirements.txt"],
+            base_python=args.python,
+            torch_build=args.torch_build,
+            torch_index_url=args.torch_index_url,
+            wheelhouse=args.wheelhouse,
+            root=root,
+            run_self_test=not args.no_self_test,
+            force=args.force,
+            hooks=hooks,
         )
     except EnvError as exc:
         print(f"error: {exc}", file=sys.stderr)

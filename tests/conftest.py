@@ -64,8 +64,15 @@ def rgb_crop(fixtures_dir: Path, tmp_path: Path):
         with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
             win = rasterio.windows.Window(0, 0, size, size)
             data = src.read([1, 2, 3], window=win)
-            profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-                       "crs": src.crs, "transform": src.window_transform(win)}
+            profile = {
+                "driver": "GTiff",
+                "width": size,
+                "height": size,
+                "count": 3,
+                "dtype": "uint8",
+                "crs": src.crs,
+                "transform": src.window_transform(win),
+            }
         path = tmp_path / name
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
@@ -77,16 +84,30 @@ def rgb_crop(fixtures_dir: Path, tmp_path: Path):
 # -- rasters, checksums and file systems for the fault tests -------------------------------------
 
 
-def write_raster(path: Path, data, *, crs: str | None = "EPSG:32633", transform=None, nodata=None,
-                 driver: str = "GTiff", **creation) -> Path:
+def write_raster(
+    path: Path,
+    data,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform=None,
+    nodata=None,
+    driver: str = "GTiff",
+    **creation,
+) -> Path:
     """Write ``data`` ([bands, h, w], its dtype) as a raster; georeferenced unless ``crs`` and
     ``transform`` are None."""
     import rasterio
     from affine import Affine
 
     bands, h, w = data.shape
-    profile = {"driver": driver, "width": w, "height": h, "count": bands, "dtype": data.dtype.name,
-               **creation}
+    profile = {
+        "driver": driver,
+        "width": w,
+        "height": h,
+        "count": bands,
+        "dtype": data.dtype.name,
+        **creation,
+    }
     if crs is not None:
         profile["crs"] = crs
         profile["transform"] = transform or Affine(10, 0, 500000, 0, -10, 5000000)
@@ -133,8 +154,9 @@ def tmpfs(tmp_path: Path):
         folder = tmp_path / name
         folder.mkdir()
         opts = f"size={size}" + (",ro" if readonly else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip()[:120]})")
         mounted.append(folder)

@@ -105,8 +105,11 @@ def test_requirements_are_pinned_per_python_version() -> None:
 
     def pick(version: str) -> list[str]:
         env = {"python_version": version, "python_full_version": version + ".0"}
-        return [line.split(";")[0].strip() for line in numpy
-                if ";" not in line or marker_env.Marker(line.split(";", 1)[1]).evaluate(env)]
+        return [
+            line.split(";")[0].strip()
+            for line in numpy
+            if ";" not in line or marker_env.Marker(line.split(";", 1)[1]).evaluate(env)
+        ]
 
     assert pick("3.11") == ["numpy==1.26.4"]  # Debian 12, QGIS 3.22
     assert pick("3.12") == ["numpy==1.26.4"]  # OSGeo4W, QGIS 3.34/3.40
@@ -167,9 +170,22 @@ def wheelhouse(tmp_path_factory) -> Path:
     """pip and two small pinned packages as wheels: what an air-gapped site copies over."""
     folder = tmp_path_factory.mktemp("wheelhouse")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", str(folder),
-         "pip==26.3", *SMALL],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(folder),
+            "pip==26.3",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot download the test wheels: {proc.stderr.strip().splitlines()[-1:]}")
@@ -211,8 +227,12 @@ def test_offline_setup_without_ensurepip_then_idempotent_then_repairs_a_broken_e
     log: list[str] = []
     hooks = Hooks(info=log.append, warning=log.append)
     result = setup_environment(
-        env, [_requirements(tmp_path)], base_python=no_ensurepip_python, wheelhouse=wheelhouse,
-        run_self_test=False, hooks=hooks,
+        env,
+        [_requirements(tmp_path)],
+        base_python=no_ensurepip_python,
+        wheelhouse=wheelhouse,
+        run_self_test=False,
+        hooks=hooks,
     )
     text = "\n".join(log)
     assert "has no ensurepip: installing pip-26.3" in text
@@ -221,17 +241,27 @@ def test_offline_setup_without_ensurepip_then_idempotent_then_repairs_a_broken_e
     assert subprocess.run([str(result.python), "-c", "import affine, tqdm"]).returncode == 0
 
     started = time.monotonic()
-    again = setup_environment(env, [_requirements(tmp_path)], wheelhouse=wheelhouse, run_self_test=False,
-                              hooks=Hooks(info=log.append, warning=log.append))
+    again = setup_environment(
+        env,
+        [_requirements(tmp_path)],
+        wheelhouse=wheelhouse,
+        run_self_test=False,
+        hooks=Hooks(info=log.append, warning=log.append),
+    )
     assert again.reused and time.monotonic() - started < 15
     assert "already set up and healthy" in log[-1]
 
     site = next(env.glob("lib/python3*/site-packages"))
     (site / "affine" / "__init__.py").write_text("raise ImportError('damaged')\n")
     log.clear()
-    repaired = setup_environment(env, [_requirements(tmp_path)], base_python=no_ensurepip_python,
-                                 wheelhouse=wheelhouse, run_self_test=False,
-                                 hooks=Hooks(info=log.append, warning=log.append))
+    repaired = setup_environment(
+        env,
+        [_requirements(tmp_path)],
+        base_python=no_ensurepip_python,
+        wheelhouse=wheelhouse,
+        run_self_test=False,
+        hooks=Hooks(info=log.append, warning=log.append),
+    )
     assert not repaired.reused and any("is broken (ImportError: damaged); rebuilding it" in m for m in log)
     assert subprocess.run([str(repaired.python), "-c", "import affine"]).returncode == 0
 
@@ -244,8 +274,14 @@ def test_wheelhouse_without_the_wheels_fails_in_one_line_and_leaves_nothing(tmp_
     empty.mkdir()
     env = tmp_path / "env"
     with pytest.raises(EnvError) as failure:
-        setup_environment(env, [_requirements(tmp_path)], base_python=SYSTEM_PYTHON, wheelhouse=empty,
-                          run_self_test=False, hooks=Hooks(info=lambda _: None, warning=lambda _: None))
+        setup_environment(
+            env,
+            [_requirements(tmp_path)],
+            base_python=SYSTEM_PYTHON,
+            wheelhouse=empty,
+            run_self_test=False,
+            hooks=Hooks(info=lambda _: None, warning=lambda _: None),
+        )
     message = str(failure.value)
     assert message.startswith("pip could not install the backend requirements")
     assert f"add the missing wheel to the wheelhouse {empty}" in message and "\n" not in message
@@ -263,8 +299,13 @@ def test_cancel_stops_pip_and_leaves_no_environment(tmp_path, wheelhouse, monkey
         return any(line.startswith("Looking in links") for line in seen)
 
     with pytest.raises(SetupCancelledError):
-        setup_environment(env, [_requirements(tmp_path)], base_python=SYSTEM_PYTHON, wheelhouse=wheelhouse,
-                          run_self_test=False, hooks=Hooks(info=seen.append, warning=seen.append,
-                                                           canceled=canceled))
+        setup_environment(
+            env,
+            [_requirements(tmp_path)],
+            base_python=SYSTEM_PYTHON,
+            wheelhouse=wheelhouse,
+            run_self_test=False,
+            hooks=Hooks(info=seen.append, warning=seen.append, canceled=canceled),
+        )
     assert not env.exists()
     assert not backend_env.is_set_up(env)

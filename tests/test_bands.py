@@ -20,8 +20,13 @@ def test_empty_means_the_default_bands(spec) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("red", "not a list of band numbers"), ("4,x", "not a list"), ("0,1", "start at 1"),
-     ("-1", "start at 1"), ("1,1,2", "repeats a band")],
+    [
+        ("red", "not a list of band numbers"),
+        ("4,x", "not a list"),
+        ("0,1", "start at 1"),
+        ("-1", "start at 1"),
+        ("1,1,2", "repeats a band"),
+    ],
 )
 def test_bad_lists_are_one_line_user_errors(spec: str, message: str) -> None:
     with pytest.raises(BandListError, match=message) as info:

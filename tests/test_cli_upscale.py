@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.cli", "upscale", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", "upscale", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,17 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def raster(path: Path, size: int) -> Path:
     rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500000, 0, -10, 5000000),
+    ) as dst:
         dst.write(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
     return path
 
@@ -40,15 +54,36 @@ def raster(path: Path, size: int) -> Path:
 def test_help_lists_the_options() -> None:
     r = cli("--help", timeout=60)
     assert r.returncode == 0
-    for opt in ("--weights", "--scale", "--bands", "--device", "--precision", "--tile-size", "--overlap",
-                "--cog", "--overviews"):
+    for opt in (
+        "--weights",
+        "--scale",
+        "--bands",
+        "--device",
+        "--precision",
+        "--tile-size",
+        "--overlap",
+        "--cog",
+        "--overviews",
+    ):
         assert opt in r.stdout
 
 
 def test_success(tmp_path: Path, weights: Path) -> None:
     src = raster(tmp_path / "in.tif", 64)
-    r = cli(str(src), str(tmp_path / "out.tif"), "--weights", str(weights), "--device", "cpu",
-            "--tile-size", "32", "--overlap", "8", "--bands", "3,2,1")
+    r = cli(
+        str(src),
+        str(tmp_path / "out.tif"),
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--tile-size",
+        "32",
+        "--overlap",
+        "8",
+        "--bands",
+        "3,2,1",
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "tile/s" in r.stderr  # the tqdm bar is on stderr
     with rasterio.open(tmp_path / "out.tif") as dst:
@@ -87,9 +122,28 @@ def test_usage_error_exits_2() -> None:
 def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path, sig: int) -> None:
     src = raster(tmp_path / "in.tif", 400)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "upscale", str(src), str(tmp_path / "out.tif"), "--weights",
-         str(weights), "--device", "cpu", "--tile-size", "32", "--overlap", "8", "--batch-size", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "upscale",
+            str(src),
+            str(tmp_path / "out.tif"),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--tile-size",
+            "32",
+            "--overlap",
+            "8",
+            "--batch-size",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".part.tif") for p in tmp_path.iterdir()):  # the main pass has begun

@@ -51,10 +51,24 @@ class LocalDask:
     def __init__(self, folder: Path, workers: int = 2) -> None:
         self.file = folder / "scheduler.json"
         self.procs: list[subprocess.Popen] = []
-        self.procs.append(subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(self.file)],
-            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(self.file),
+                ],
+                env=_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         deadline = time.monotonic() + 60
         while not self.file.exists():
             if time.monotonic() > deadline:
@@ -69,9 +83,22 @@ class LocalDask:
     def start_worker(self) -> subprocess.Popen:
         # --no-nanny: a killed worker stays dead, so its tasks must run on the other one
         p = subprocess.Popen(
-            [str(BIN / "dask"), "worker", self.address, "--nthreads", "1", "--no-nanny", "--host",
-             "127.0.0.1", "--no-dashboard"],
-            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(ROOT))
+            [
+                str(BIN / "dask"),
+                "worker",
+                self.address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=str(ROOT),
+        )
         self.procs.append(p)
         return p
 
@@ -115,8 +142,16 @@ def _raster(path: Path, dtype: str, size: int = 80, seed: int = 0) -> Path:
         data = data * 40
     data = data.astype(dtype)
     data[:, :12, :20] = 0
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": dtype, "nodata": 0,
-               "crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 5000000)}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": dtype,
+        "nodata": 0,
+        "crs": "EPSG:32633",
+        "transform": Affine(10, 0, 500000, 0, -10, 5000000),
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         for i, name in enumerate(("red", "green", "blue"), start=1):
@@ -147,8 +182,13 @@ def test_cluster_output_equals_local(dask_cluster, tiny_weights, tmp_path, dtype
     options = dataclasses.replace(OPTIONS, weights=str(tiny_weights))
     upscale_raster(src, tmp_path / "local.tif", None, options)
     lines: list[str] = []
-    report = upscale_raster(src, tmp_path / "cluster.tif", None,
-                            dataclasses.replace(options, scheduler=dask_cluster.address), log=lines.append)
+    report = upscale_raster(
+        src,
+        tmp_path / "cluster.tif",
+        None,
+        dataclasses.replace(options, scheduler=dask_cluster.address),
+        log=lines.append,
+    )
     assert_same_raster(tmp_path / "local.tif", tmp_path / "cluster.tif")
     assert report.tiles == 9 and len(report.workers) == 2
     assert "2 worker(s)" in lines[0] and "cpu" in lines[0]
@@ -160,8 +200,14 @@ def test_cancel_leaves_nothing(dask_cluster, tiny_weights, tmp_path):
     seen: list[int] = []
     options = dataclasses.replace(OPTIONS, weights=str(tiny_weights), scheduler=dask_cluster.address)
     with pytest.raises(EngineCancelled):
-        upscale_raster(src, tmp_path / "out.tif", None, options, progress=lambda p: seen.append(p.tiles_done),
-                       cancel=lambda: bool(seen))
+        upscale_raster(
+            src,
+            tmp_path / "out.tif",
+            None,
+            options,
+            progress=lambda p: seen.append(p.tiles_done),
+            cancel=lambda: bool(seen),
+        )
     assert not (tmp_path / "out.tif").exists()
     assert _leftovers(tmp_path) == []
 
@@ -184,8 +230,9 @@ def test_batch_with_a_bad_file(dask_cluster, tiny_weights, tmp_path):
     assert "\n" not in report.failed[str(inputs / "broken.tif")]
     assert sorted(p.name for p in out.iterdir()) == [f"scene{i}_x4.tif" for i in range(4)]
     # the same file locally is the same file
-    upscale_raster(inputs / "scene2.tif", tmp_path / "local.tif", None,
-                   dataclasses.replace(options, scheduler=None))
+    upscale_raster(
+        inputs / "scene2.tif", tmp_path / "local.tif", None, dataclasses.replace(options, scheduler=None)
+    )
     assert_same_raster(tmp_path / "local.tif", out / "scene2_x4.tif")
     # a re-run (here a list file) skips complete outputs and retries only the failure
     listing = tmp_path / "list.txt"
@@ -209,8 +256,13 @@ def test_worker_killed_mid_run(tiny_weights, tmp_path):
                 victim.send_signal(signal.SIGKILL)
                 killed.set()
 
-        report = upscale_raster(src, tmp_path / "cluster.tif", None,
-                                dataclasses.replace(options, scheduler=cluster.address), progress=on_progress)
+        report = upscale_raster(
+            src,
+            tmp_path / "cluster.tif",
+            None,
+            dataclasses.replace(options, scheduler=cluster.address),
+            progress=on_progress,
+        )
         assert killed.is_set() and victim.wait(timeout=10) == -signal.SIGKILL
         assert report.tiles == 9
         assert_same_raster(tmp_path / "local.tif", tmp_path / "cluster.tif")
@@ -225,9 +277,23 @@ def test_unreachable_scheduler(tmp_path):
         port = s.getsockname()[1]
     src = _raster(tmp_path / "in.tif", "uint8", size=16)
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "backend.cli", "upscale", str(src), str(tmp_path / "o.tif"),
-                        "--scheduler", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True, cwd=ROOT,
-                       env=_env(), timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "upscale",
+            str(src),
+            str(tmp_path / "o.tif"),
+            "--scheduler",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+        timeout=120,
+    )
     assert time.monotonic() - t0 < 30
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -240,6 +306,8 @@ def test_unreachable_scheduler(tmp_path):
 
 
 def test_local_path_does_not_import_dask():
-    code = ("import sys; import backend.engine, backend.engine.run, backend.engine.command, backend.cli; "
-            "sys.exit(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
+    code = (
+        "import sys; import backend.engine, backend.engine.run, backend.engine.command, backend.cli; "
+        "sys.exit(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env()).returncode == 0

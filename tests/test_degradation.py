@@ -103,8 +103,13 @@ def test_sensor_sampler_clean_only_is_the_benchmark_reduction() -> None:
 @pytest.mark.parametrize("field_name", ["psf_prob", "noise_prob", "jpeg_prob"])
 def test_each_sensor_effect_changes_the_lr(field_name: str) -> None:
     hr = scene(64, 64)
-    off = {"clean_prob": 0.0, "psf_prob": 0.0, "noise_prob": 0.0, "jpeg_prob": 0.0,
-           "reduction_probs": (0.0, 1.0, 0.0, 0.0, 0.0)}
+    off = {
+        "clean_prob": 0.0,
+        "psf_prob": 0.0,
+        "noise_prob": 0.0,
+        "jpeg_prob": 0.0,
+        "reduction_probs": (0.0, 1.0, 0.0, 0.0, 0.0),
+    }
     base = SensorDegradation(4, SensorSettings(**off))(hr, torch.Generator().manual_seed(1))
     with_effect = SensorSettings(**{**off, field_name: 1.0})
     on = SensorDegradation(4, with_effect)(hr, torch.Generator().manual_seed(1))

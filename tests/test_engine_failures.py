@@ -22,8 +22,17 @@ def nano(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_raster(path: Path, size: int = 96, count: int = 3) -> Path:
     rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=count, dtype="uint8",
-                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=count,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500000, 0, -10, 5000000),
+    ) as dst:
         dst.write(rng.integers(0, 255, (count, size, size), dtype=np.uint8))
     return path
 
@@ -77,9 +86,21 @@ def test_error_in_the_middle_removes_the_temporary_file(tmp_path: Path, nano: Pa
     """A raster whose header is fine but whose later tiles are damaged."""
     src = tmp_path / "broken.tif"
     rng = np.random.default_rng(1)
-    with rasterio.open(src, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", tiled=True,
-                       blockxsize=64, blockysize=64, compress="deflate", crs="EPSG:32633",
-                       transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=256,
+        height=256,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="deflate",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+    ) as dst:
         dst.write(rng.integers(0, 255, (3, 256, 256), dtype=np.uint8))
     raw = bytearray(src.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 4000] = b"\xff" * 4000  # corrupt compressed tiles mid-file
@@ -109,10 +130,16 @@ def bad_input(tmp_path: Path, kind: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("text", "cannot read"), ("truncated", "cannot read|reading"),
-    ("zero_bands", "no bands|bands on VRTDataset"), ("tiny", "at least"), ("missing", "not found"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("text", "cannot read"),
+        ("truncated", "cannot read|reading"),
+        ("zero_bands", "no bands|bands on VRTDataset"),
+        ("tiny", "at least"),
+        ("missing", "not found"),
+    ],
+)
 def test_bad_inputs(tmp_path: Path, nano: Path, kind: str, message: str) -> None:
     src = bad_input(tmp_path, kind)
     before = leftovers(tmp_path, set())
@@ -157,8 +184,10 @@ def test_read_only_folder(tmp_path: Path, nano: Path) -> None:
         ro.chmod(0o755)
 
 
-@pytest.mark.parametrize("bands,message", [("a,b", "not a list of band numbers"), ("9", "does not exist"),
-                                           ("1,1", "repeats"), ("0", "start at 1")])
+@pytest.mark.parametrize(
+    "bands,message",
+    [("a,b", "not a list of band numbers"), ("9", "does not exist"), ("1,1", "repeats"), ("0", "start at 1")],
+)
 def test_bad_band_lists(tmp_path: Path, nano: Path, bands: str, message: str) -> None:
     src = small_raster(tmp_path / "in.tif")
     opts = UpscaleOptions(device="cpu", bands=bands)

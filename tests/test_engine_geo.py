@@ -110,8 +110,17 @@ def test_rotated_grid_transform(fixtures_dir: Path, nano: dict[int, Path], tmp_p
         data, crs = src.read([1, 2, 3], window=((0, 96), (0, 80))), src.crs
     transform = Affine.translation(576667.0, 5188223.0) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
     rotated = tmp_path / "rotated.tif"
-    with rasterio.open(rotated, "w", driver="GTiff", width=80, height=96, count=3, dtype="uint8",
-                       crs=crs, transform=transform) as dst:
+    with rasterio.open(
+        rotated,
+        "w",
+        driver="GTiff",
+        width=80,
+        height=96,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+    ) as dst:
         dst.write(data)
         for i, name in enumerate(("red edge", "green", "blue"), start=1):
             dst.set_band_description(i, name)
@@ -145,8 +154,9 @@ def test_uint8_nodata_collar(fixtures_dir: Path, nano: dict[int, Path], tmp_path
     assert report.tiles_skipped > 0  # the corners of the rotated scene are all nodata
 
 
-def test_nodata_values_do_not_bleed_into_valid_pixels(fixtures_dir: Path, nano: dict[int, Path],
-                                                      tmp_path: Path) -> None:
+def test_nodata_values_do_not_bleed_into_valid_pixels(
+    fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path
+) -> None:
     """The same valid pixels with two different collar values give the same valid output."""
     with rasterio.open(fixtures_dir / "rio_color/rgb16.tif") as src:
         data, profile = src.read(window=((100, 196), (100, 196))).astype(np.int16), src.profile
@@ -169,10 +179,12 @@ def test_nodata_values_do_not_bleed_into_valid_pixels(fixtures_dir: Path, nano: 
     assert (outs[0][:, ~valid] == -1).all() and (outs[1][:, ~valid] == -30000).all()
 
 
-@pytest.mark.parametrize("name,dtype", [("rio_color/rgb16.tif", "uint16"),
-                                        ("opengeos_data/cog.tif", "float64")])
-def test_dtype_round_trip(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path, name: str,
-                          dtype: str) -> None:
+@pytest.mark.parametrize(
+    "name,dtype", [("rio_color/rgb16.tif", "uint16"), ("opengeos_data/cog.tif", "float64")]
+)
+def test_dtype_round_trip(
+    fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path, name: str, dtype: str
+) -> None:
     src_path = fixtures_dir / name
     out = tmp_path / "out.tif"
     report = run(src_path, out, nano[2])

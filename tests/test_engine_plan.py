@@ -13,8 +13,10 @@ from backend.engine.plan import axis_starts, balanced_tile
 from backend.engine.run import default_overlap
 
 
-@pytest.mark.parametrize("size,tile,overlap", [(100, 32, 8), (250, 128, 16), (129, 128, 16), (32, 32, 8),
-                                               (20, 32, 8), (1000, 64, 0), (241, 128, 16)])
+@pytest.mark.parametrize(
+    "size,tile,overlap",
+    [(100, 32, 8), (250, 128, 16), (129, 128, 16), (32, 32, 8), (20, 32, 8), (1000, 64, 0), (241, 128, 16)],
+)
 def test_axis_starts_cover_snap_and_overlap(size: int, tile: int, overlap: int) -> None:
     starts = axis_starts(size, min(tile, size), overlap)
     t = min(tile, size)
@@ -25,8 +27,10 @@ def test_axis_starts_cover_snap_and_overlap(size: int, tile: int, overlap: int) 
         assert b > a
 
 
-@pytest.mark.parametrize("w,h,scale,tile,overlap", [(300, 200, 4, 64, 16), (131, 77, 2, 32, 8),
-                                                    (50, 40, 8, 16, 4), (40, 40, 4, 64, 16)])
+@pytest.mark.parametrize(
+    "w,h,scale,tile,overlap",
+    [(300, 200, 4, 64, 16), (131, 77, 2, 32, 8), (50, 40, 8, 16, 4), (40, 40, 4, 64, 16)],
+)
 def test_weights_are_a_partition_of_unity(w: int, h: int, scale: int, tile: int, overlap: int) -> None:
     plan = make_plan(w, h, scale, tile, overlap, multiple=16, block=128)
     assert (plan.tile * scale) % 16 == 0
@@ -86,11 +90,20 @@ def test_bad_overlap_is_refused() -> None:
         make_plan(100, 100, 4, 32, 20, multiple=16)
 
 
-@pytest.mark.parametrize("size,tile,overlap,step", [(1024, 192, 32, 2), (1000, 512, 32, 2),
-                                                    (4000, 512, 32, 2), (241, 128, 16, 1),
-                                                    (513, 512, 16, 4), (100, 100, 8, 1)])
-def test_balanced_tiles_keep_the_window_count_and_cut_the_overlap(size: int, tile: int, overlap: int,
-                                                                  step: int) -> None:
+@pytest.mark.parametrize(
+    "size,tile,overlap,step",
+    [
+        (1024, 192, 32, 2),
+        (1000, 512, 32, 2),
+        (4000, 512, 32, 2),
+        (241, 128, 16, 1),
+        (513, 512, 16, 4),
+        (100, 100, 8, 1),
+    ],
+)
+def test_balanced_tiles_keep_the_window_count_and_cut_the_overlap(
+    size: int, tile: int, overlap: int, step: int
+) -> None:
     t = balanced_tile(size, tile, overlap, step)
     assert (t <= tile and t % step == 0) or t == size
     fixed, balanced = axis_starts(size, min(tile, size), overlap), axis_starts(size, t, overlap)
@@ -147,8 +160,15 @@ def test_engine_takes_its_default_overlap_from_the_weights(tmp_path, tiny_weight
 
     src = tmp_path / "in.tif"
     data = np.random.default_rng(0).integers(0, 255, (3, 160, 160), dtype=np.uint8)
-    profile = {"driver": "GTiff", "width": 160, "height": 160, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": Affine(10, 0, 0, 0, -10, 0)}
+    profile = {
+        "driver": "GTiff",
+        "width": 160,
+        "height": 160,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(10, 0, 0, 0, -10, 0),
+    }
     with rasterio.open(src, "w", **profile) as dst:
         dst.write(data)
     resolver = SuperResolver.from_weights(load_weights(tiny_weights), "cpu", "fp32")

@@ -33,8 +33,9 @@ def residual(tmp_path: Path) -> SuperResolver:
 
 
 @pytest.mark.parametrize("color_match", [True, False])
-def test_one_tile_equals_the_release_pipeline(rgb_crop, tmp_path: Path,
-                                              resolver: SuperResolver, color_match: bool) -> None:
+def test_one_tile_equals_the_release_pipeline(
+    rgb_crop, tmp_path: Path, resolver: SuperResolver, color_match: bool
+) -> None:
     resolver.color_match = color_match  # weights may ship with ``color_match: false``
     src, data = rgb_crop(64)
     report = upscale_raster(src, tmp_path / "out.tif", resolver, UpscaleOptions(tile_size=64, overlap=8))
@@ -48,8 +49,9 @@ def test_one_tile_equals_the_release_pipeline(rgb_crop, tmp_path: Path,
     assert (engine != expected).mean() < 0.01
 
 
-def test_tiled_agrees_with_single_tile_without_seams(rgb_crop, tmp_path: Path,
-                                                     residual: SuperResolver) -> None:
+def test_tiled_agrees_with_single_tile_without_seams(
+    rgb_crop, tmp_path: Path, residual: SuperResolver
+) -> None:
     resolver = residual
     src, _ = rgb_crop(160)
     single = upscale_raster(src, tmp_path / "single.tif", resolver, UpscaleOptions(tile_size=160))
@@ -71,15 +73,24 @@ def test_tiled_agrees_with_single_tile_without_seams(rgb_crop, tmp_path: Path,
     assert hard_ratio > ratio, (hard_ratio, ratio)
 
 
-def test_all_nodata_windows_skip_the_model(rgb_crop, tmp_path: Path,
-                                           resolver: SuperResolver) -> None:
+def test_all_nodata_windows_skip_the_model(rgb_crop, tmp_path: Path, resolver: SuperResolver) -> None:
     _, data = rgb_crop(128)
     data = data.copy()
     data[:, :, :64] = 0  # left half nodata
     data[data == 0] = 0
     path = tmp_path / "half.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=3, dtype="uint8", nodata=0,
-                       crs="EPSG:32615", transform=Affine(0.5, 0, 576667, 0, -0.5, 5188223)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=128,
+        height=128,
+        count=3,
+        dtype="uint8",
+        nodata=0,
+        crs="EPSG:32615",
+        transform=Affine(0.5, 0, 576667, 0, -0.5, 5188223),
+    ) as dst:
         dst.write(data)
     report = upscale_raster(path, tmp_path / "out.tif", resolver, UpscaleOptions(tile_size=32, overlap=8))
     assert report.tiles == 25 and report.tiles_skipped >= 5

@@ -113,12 +113,15 @@ def vrt_over_output(work: Path, nano: Path) -> list[object]:
         bands = "".join(
             f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
             f'<SourceFilename relativeToVRT="1">x.tif</SourceFilename><SourceBand>{b}</SourceBand>'
-            "</SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+            "</SimpleSource></VRTRasterBand>"
+            for b in (1, 2, 3)
+        )
         (work / "in.vrt").write_text(
             f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">'
             f"<SRS>{src.crs.to_wkt()}</SRS>"
             f"<GeoTransform>{', '.join(map(str, src.transform.to_gdal()))}</GeoTransform>"
-            f"{bands}</VRTDataset>")
+            f"{bands}</VRTDataset>"
+        )
     return default_args(work, nano, src="in.vrt", out="x.tif")
 
 
@@ -155,8 +158,10 @@ def scale_metadata(work: Path, nano: Path) -> list[object]:
 def zip_bomb(work: Path, nano: Path) -> list[object]:
     """A 12 MB ``.pt`` that unpacks to 2.7 GB (deflated zeros)."""
     bomb = work / "bomb_x4.pt"
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z, \
-            z.open("archive/data.pkl", "w", force_zip64=True) as f:
+    with (
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z,
+        z.open("archive/data.pkl", "w", force_zip64=True) as f,
+    ):
         chunk = bytes(64 << 20)
         for _ in range(40):
             f.write(chunk)
@@ -205,30 +210,48 @@ CASES = [
     Case("5-nodata-nan-uint8", opts("--nodata", "nan"), 2, "nodata value nan"),
     Case("5-nodata-inf-uint8", opts("--nodata", "inf"), 2, "nodata value inf"),
     Case("6-architecture-wrong-type", bad_architecture("vae_channels", "lots"), 2, "vae_channels is 'lots'"),
-    Case("6-architecture-too-large", bad_architecture("unet_channels", [65536, 65536, 65536]), 2,
-         "declares a network of .* GB .* memory"),
+    Case(
+        "6-architecture-too-large",
+        bad_architecture("unet_channels", [65536, 65536, 65536]),
+        2,
+        "declares a network of .* GB .* memory",
+    ),
     Case("6-zip-bomb", zip_bomb, 2, r"would unpack to 2\.7 GB"),
-    Case("9-all-nodata-uint8",
-         with_input(lambda p: write_raster(p, np.zeros((3, 64, 64), np.uint8), nodata=0)), 2,
-         "no valid pixel"),
-    Case("9-all-nan-float", with_input(lambda p: write_raster(p, np.full((3, 64, 64), np.nan, np.float32))),
-         2, "no valid pixel"),
+    Case(
+        "9-all-nodata-uint8",
+        with_input(lambda p: write_raster(p, np.zeros((3, 64, 64), np.uint8), nodata=0)),
+        2,
+        "no valid pixel",
+    ),
+    Case(
+        "9-all-nan-float",
+        with_input(lambda p: write_raster(p, np.full((3, 64, 64), np.nan, np.float32))),
+        2,
+        "no valid pixel",
+    ),
     # bad rasters
     Case("text-file-named-tif", with_input(lambda p: p.write_text("not a raster\n")), 2, "cannot read"),
     Case("empty-file", with_input(lambda p: p.write_bytes(b"")), 2, "cannot read"),
-    Case("truncated-header",
-         with_input(lambda p: p.write_bytes(write_raster(p, random_rgb()).read_bytes()[:300])), 2,
-         "cannot read|reading in.tif failed"),
-    Case("tiles-damaged-mid-file", with_input(damaged_tiles), 2,
-         r"reading in.tif failed .*TIFFReadEncodedTile"),
+    Case(
+        "truncated-header",
+        with_input(lambda p: p.write_bytes(write_raster(p, random_rgb()).read_bytes()[:300])),
+        2,
+        "cannot read|reading in.tif failed",
+    ),
+    Case(
+        "tiles-damaged-mid-file", with_input(damaged_tiles), 2, r"reading in.tif failed .*TIFFReadEncodedTile"
+    ),
     Case("raster-too-small", with_input(lambda p: write_raster(p, random_rgb(4))), 2, "at least 8x8"),
     Case("input-missing", opts(src="nope.tif"), 2, "input not found"),
     Case("input-is-a-folder", opts(src="."), 2, "is a directory"),
     Case("nodata-negative-uint8", opts("--nodata", -1), 2, "nodata value -1"),
     Case("nodata-fraction-uint8", opts("--nodata", 0.5), 2, "whole numbers"),
-    Case("nodata-beyond-float32",
-         with_input(lambda p: write_raster(p, random_rgb(dtype="float32")), "--nodata", "1e40"), 2,
-         "float32 pixels cannot exceed"),
+    Case(
+        "nodata-beyond-float32",
+        with_input(lambda p: write_raster(p, random_rgb(dtype="float32")), "--nodata", "1e40"),
+        2,
+        "float32 pixels cannot exceed",
+    ),
     # bad parameters
     Case("band-missing", opts("--bands", "9"), 2, "does not exist"),
     Case("band-repeated", opts("--bands", "1,1"), 2, "repeats"),
@@ -242,17 +265,26 @@ CASES = [
     # bad outputs
     Case("output-not-geotiff", opts(out="out.png"), 2, r"must end with \.tif"),
     Case("output-folder-missing", opts(out="missing/out.tif"), 2, "does not exist"),
-    Case("output-is-a-folder", lambda w, n: (w / "dir.tif").mkdir() or default_args(w, n, out="dir.tif"), 2,
-         "is a directory"),
+    Case(
+        "output-is-a-folder",
+        lambda w, n: (w / "dir.tif").mkdir() or default_args(w, n, out="dir.tif"),
+        2,
+        "is a directory",
+    ),
     Case("output-is-the-input", opts(out="in.tif"), 2, "is the input"),
-    Case("output-links-to-input", lambda w, n: os.symlink(w / "in.tif", w / "link.tif")
-         or default_args(w, n, out="link.tif"), 2, "is the input"),
+    Case(
+        "output-links-to-input",
+        lambda w, n: os.symlink(w / "in.tif", w / "link.tif") or default_args(w, n, out="link.tif"),
+        2,
+        "is the input",
+    ),
     # bad weights
     Case("weights-missing", opts("--weights", "/nonexistent/w.safetensors"), 2, "weights file not found"),
     Case("weights-corrupt-safetensors", weights_file("c.safetensors", b"\x00" * 100), 2, "not a readable"),
     Case("weights-unknown-format", weights_file("w.txt", b"weights"), 2, "unknown weights format"),
-    Case("weights-truncated-pt", weights_file("t_x4.pt", b"PK\x03\x04" + b"\x00" * 60), 2,
-         "could not be read"),
+    Case(
+        "weights-truncated-pt", weights_file("t_x4.pt", b"PK\x03\x04" + b"\x00" * 60), 2, "could not be read"
+    ),
     Case("weights-pickled-code", pickled_code, 2, "refused"),
     Case("weights-scale-not-a-number", scale_metadata, 2, "scale as 'four'"),
 ]
@@ -278,8 +310,13 @@ def test_cli_fault(case: Case, tmp_path: Path, nano: Path) -> None:
 # -- full and read-only disks --------------------------------------------------------------------
 
 
-def stop_when_writing(proc: subprocess.Popen, folder: Path, stem: str, pid: Callable[[], int] | None = None,
-                      timeout: float = 180) -> int:
+def stop_when_writing(
+    proc: subprocess.Popen,
+    folder: Path,
+    stem: str,
+    pid: Callable[[], int] | None = None,
+    timeout: float = 180,
+) -> int:
     """Wait until the run's temporary file appears in ``folder``, then SIGSTOP the process
     that writes it (``pid()``, default the child itself); returns that pid."""
     deadline = time.monotonic() + timeout
@@ -295,8 +332,9 @@ def stop_when_writing(proc: subprocess.Popen, folder: Path, stem: str, pid: Call
     return target
 
 
-def fill_while_stopped(proc: subprocess.Popen, small: Path, pid: Callable[[], int] | None = None,
-                       timeout: float = 300) -> tuple[int, str, str]:
+def fill_while_stopped(
+    proc: subprocess.Popen, small: Path, pid: Callable[[], int] | None = None, timeout: float = 300
+) -> tuple[int, str, str]:
     """The disk fills while the run writes its output: stop it as it starts writing, fill the
     tmpfs, let it go on (numbered cases 1 and 2)."""
     target = stop_when_writing(proc, small, "o", pid)
@@ -308,17 +346,25 @@ def fill_while_stopped(proc: subprocess.Popen, small: Path, pid: Callable[[], in
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize(("flags", "size"), [((), "4m"), (("--overviews",), "6m"), (("--cog",), "12m")],
-                         ids=["1-plain", "2-overviews", "cog"])
-def test_disk_fills_during_the_run(tmp_path: Path, tmpfs, nano: Path, flags: tuple[str, ...],
-                                   size: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "size"),
+    [((), "4m"), (("--overviews",), "6m"), (("--cog",), "12m")],
+    ids=["1-plain", "2-overviews", "cog"],
+)
+def test_disk_fills_during_the_run(
+    tmp_path: Path, tmpfs, nano: Path, flags: tuple[str, ...], size: str
+) -> None:
     src = write_raster(tmp_path / "rgb256.tif", random_rgb(256))
     small = tmpfs("small", size)
     (small / "o.tif").write_bytes(OLD)
     before = folder_state(small, tmp_path / "rgb256.tif")
-    proc = subprocess.Popen(cli_command(src, small / "o.tif", "--weights", nano, "--device", "cpu",
-                                        "--tile-size", 64, *flags), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command(src, small / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64, *flags),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     code, out, err = fill_while_stopped(proc, small)
     assert_one_line_error(subprocess.CompletedProcess([], code, out, err), 1, "No space left on device")
     (small / "fill").unlink()
@@ -358,9 +404,12 @@ def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path: Path, nano: Path)
     """Numbered case 8: a killed run cannot clean up; the next run for that output does."""
     src = slow_input(tmp_path)
     (tmp_path / "o.tif").write_bytes(OLD)
-    proc = subprocess.Popen(cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu",
-                                        "--tile-size", 64), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stop_when_writing(proc, tmp_path, "o")
     proc.kill()
     proc.communicate()
@@ -376,9 +425,13 @@ def test_interrupt_leaves_nothing(tmp_path: Path, nano: Path, sig: signal.Signal
     src = slow_input(tmp_path)
     (tmp_path / "o.tif").write_bytes(OLD)
     before = folder_state(tmp_path)
-    proc = subprocess.Popen(cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu",
-                                        "--tile-size", 64), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pid = stop_when_writing(proc, tmp_path, "o")
     os.kill(pid, sig)
     os.kill(pid, signal.SIGCONT)
@@ -392,9 +445,13 @@ def test_a_failed_run_never_touches_a_live_runs_files(tmp_path: Path, nano: Path
     """Numbered cases 3 and 8: while run A writes o.tif, run B for the same output fails and
     run C succeeds; A's temporary file survives both, and A then finishes."""
     src = slow_input(tmp_path)
-    a = subprocess.Popen(cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu",
-                                     "--tile-size", 64), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pid = stop_when_writing(a, tmp_path, "o")
     try:
         live = parts(tmp_path)
@@ -453,9 +510,13 @@ def qgis_popen(qgis, params: dict[str, object]) -> subprocess.Popen:
     from test_plugin_qgis import QGIS_PROCESS, _qgis_env
 
     args = [f"{k}={v}" for k, v in params.items()]
-    return subprocess.Popen([str(QGIS_PROCESS), "run", "slimdiffsr:upscale", "--", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_qgis_env(qgis.profile, qgis.plugins))
+    return subprocess.Popen(
+        [str(QGIS_PROCESS), "run", "slimdiffsr:upscale", "--", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_qgis_env(qgis.profile, qgis.plugins),
+    )
 
 
 def worker_of(parent: int) -> Callable[[], int]:
@@ -484,8 +545,9 @@ def worker_of(parent: int) -> Callable[[], int]:
     return find
 
 
-def assert_qgis_failed_once(proc: subprocess.Popen | subprocess.CompletedProcess, out: str, err: str,
-                            pattern: str) -> None:
+def assert_qgis_failed_once(
+    proc: subprocess.Popen | subprocess.CompletedProcess, out: str, err: str, pattern: str
+) -> None:
     text = out + err
     assert proc.returncode != 0, text[-2000:]
     assert "Traceback" not in text, text[-3000:]
@@ -511,14 +573,25 @@ def qgis(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.qgis
 @pytest.mark.parametrize(("overviews", "size"), [(0, "4m"), (1, "6m")], ids=["1-overviews-off", "2-default"])
-def test_qgis_disk_fills_during_the_run(qgis, tmp_path: Path, tmpfs, nano: Path, overviews: int,
-                                        size: str) -> None:
+def test_qgis_disk_fills_during_the_run(
+    qgis, tmp_path: Path, tmpfs, nano: Path, overviews: int, size: str
+) -> None:
     src = write_raster(tmp_path / "rgb256.tif", random_rgb(256))
     small = tmpfs("small", size)
     (small / "o.tif").write_bytes(OLD)
     before = folder_state(small, src)
-    proc = qgis_popen(qgis, {"INPUT": src, "WEIGHTS": nano, "DEVICE": 1, "PRECISION": 1, "TILE_SIZE": 64,
-                             "OVERVIEWS": overviews, "OUTPUT": small / "o.tif"})
+    proc = qgis_popen(
+        qgis,
+        {
+            "INPUT": src,
+            "WEIGHTS": nano,
+            "DEVICE": 1,
+            "PRECISION": 1,
+            "TILE_SIZE": 64,
+            "OVERVIEWS": overviews,
+            "OUTPUT": small / "o.tif",
+        },
+    )
     code, out, err = fill_while_stopped(proc, small, worker_of(proc.pid))
     assert_qgis_failed_once(proc, out, err, "No space left on device")
     (small / "fill").unlink()
@@ -533,16 +606,21 @@ def test_qgis_failure_keeps_other_runs_files(qgis, tmp_path: Path, nano: Path) -
     src = slow_input(tmp_path)
     foreign = tmp_path / ".out.v2.1a2b3c4d.part.tif"  # output out.v2.tif, written by someone else
     foreign.write_bytes(b"another output's data")
-    a = subprocess.Popen(cli_command(src, tmp_path / "out.tif", "--weights", nano, "--device", "cpu",
-                                     "--tile-size", 64), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        cli_command(src, tmp_path / "out.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pid = stop_when_writing(a, tmp_path, "out")
     try:
         live = parts(tmp_path)
         bad = tmp_path / "corrupt.safetensors"
         bad.write_bytes(b"\x00" * 100)
-        proc, _ = qgis.run("slimdiffsr:upscale",
-                           {"INPUT": src, "WEIGHTS": bad, "OUTPUT": tmp_path / "out.tif"})
+        proc, _ = qgis.run(
+            "slimdiffsr:upscale", {"INPUT": src, "WEIGHTS": bad, "OUTPUT": tmp_path / "out.tif"}
+        )
         assert_qgis_failed_once(proc, proc.stdout, proc.stderr, "not a readable .safetensors")
         assert parts(tmp_path) == live and foreign.read_bytes() == b"another output's data"
     finally:
@@ -556,8 +634,10 @@ def test_qgis_failure_keeps_other_runs_files(qgis, tmp_path: Path, nano: Path) -
 def test_qgis_nodata_out_of_range(qgis, tmp_path: Path, nano: Path) -> None:
     src = write_raster(tmp_path / "in.tif", random_rgb(64))
     before = folder_state(tmp_path)
-    proc, _ = qgis.run("slimdiffsr:upscale", {"INPUT": src, "WEIGHTS": nano, "NODATA": 300, "DEVICE": 1,
-                                              "OUTPUT": tmp_path / "out.tif"})
+    proc, _ = qgis.run(
+        "slimdiffsr:upscale",
+        {"INPUT": src, "WEIGHTS": nano, "NODATA": 300, "DEVICE": 1, "OUTPUT": tmp_path / "out.tif"},
+    )
     assert_qgis_failed_once(proc, proc.stdout, proc.stderr, r"nodata value 300 cannot occur")
     assert data_files(folder_state(tmp_path)) == before
 
@@ -567,9 +647,15 @@ def test_qgis_assess_all_nan_leaves_no_report(qgis, tmp_path: Path, nano: Path) 
     """Numbered case 7."""
     src = write_raster(tmp_path / "nan.tif", np.full((3, 128, 128), np.nan, np.float32))
     before = folder_state(tmp_path)
-    proc, _ = qgis.run("slimdiffsr:assess", {"INPUT": src, "WEIGHTS": nano, "DEVICE": 1,
-                                             "OUTPUT_HTML": tmp_path / "r.html",
-                                             "OUTPUT_PNG": tmp_path / "r.png"})
+    proc, _ = qgis.run(
+        "slimdiffsr:assess",
+        {
+            "INPUT": src,
+            "WEIGHTS": nano,
+            "DEVICE": 1,
+            "OUTPUT_HTML": tmp_path / "r.html",
+            "OUTPUT_PNG": tmp_path / "r.png",
+        },
+    )
     assert_qgis_failed_once(proc, proc.stdout, proc.stderr, "no valid pixel")
     assert data_files(folder_state(tmp_path)) == before
-

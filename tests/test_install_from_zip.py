@@ -39,17 +39,27 @@ class Profile:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QGIS_"))}
         env.pop("SLIMDIFFSR_PYTHON", None)
-        env.update(QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(self.runtime),
-                   QGIS_CUSTOM_CONFIG_PATH=str(self.config))
+        env.update(
+            QT_QPA_PLATFORM="offscreen",
+            XDG_RUNTIME_DIR=str(self.runtime),
+            QGIS_CUSTOM_CONFIG_PATH=str(self.config),
+        )
         return env
 
     def process(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(QGIS_PROCESS), *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(), cwd=self.config.parent)
+        return subprocess.run(
+            [str(QGIS_PROCESS), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            cwd=self.config.parent,
+        )
 
     def run(self, algorithm: str, timeout: int = 900, **params: object):
-        proc = self.process("--json", "run", algorithm, "--", *[f"{k}={v}" for k, v in params.items()],
-                            timeout=timeout)
+        proc = self.process(
+            "--json", "run", algorithm, "--", *[f"{k}={v}" for k, v in params.items()], timeout=timeout
+        )
         try:
             return proc, json.loads(proc.stdout) if proc.stdout.strip() else None
         except ValueError:
@@ -72,14 +82,30 @@ def test_package_holds_the_plugin_and_backend_only(package: Path) -> None:
     assert package.stat().st_size < 25 * 2**20
     assert all(n.startswith("slimdiffsr/") for n in names)
     inside = {n.removeprefix("slimdiffsr/") for n in names}
-    for needed in ("__init__.py", "metadata.txt", "LICENSE", "requirements.txt", "plugin/backend_env.py",
-                   "plugin/algorithms/setup.py", "backend/worker.py", "backend/engine/run.py",
-                   "resources/weights/slimdiffsr_default_x4.safetensors", "resources/icon.svg"):
+    for needed in (
+        "__init__.py",
+        "metadata.txt",
+        "LICENSE",
+        "requirements.txt",
+        "plugin/backend_env.py",
+        "plugin/algorithms/setup.py",
+        "backend/worker.py",
+        "backend/engine/run.py",
+        "resources/weights/slimdiffsr_default_x4.safetensors",
+        "resources/icon.svg",
+    ):
         assert needed in inside, needed
     for unwanted in ("tests/", "tools/", "mk/", ".ci/", "backend/training/", "docs/images/"):
         assert not any(n.startswith(unwanted) for n in inside), unwanted
-    for unwanted in ("Makefile", "pyproject.toml", "requirements-dev.txt", "requirements-train.txt",
-                     "backend/bench.py", "backend/engine/bench.py", "backend/default_model.py"):
+    for unwanted in (
+        "Makefile",
+        "pyproject.toml",
+        "requirements-dev.txt",
+        "requirements-train.txt",
+        "backend/bench.py",
+        "backend/engine/bench.py",
+        "backend/default_model.py",
+    ):
         assert unwanted not in inside, unwanted
     # The QGIS side must not need anything the zip lacks.
     assert not any("training" in n for n in inside if n.startswith("plugin/"))
@@ -124,8 +150,15 @@ def test_setup_logs_pip_and_the_self_test_then_upscale_runs(set_up, fixtures_dir
 
     with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
         window = Window(0, 0, 64, 48)
-        profile_ = dict(driver="GTiff", width=64, height=48, count=3, dtype=src.dtypes[0], crs=src.crs,
-                        transform=src.window_transform(window))
+        profile_ = dict(
+            driver="GTiff",
+            width=64,
+            height=48,
+            count=3,
+            dtype=src.dtypes[0],
+            crs=src.crs,
+            transform=src.window_transform(window),
+        )
         with rasterio.open(tmp_path / "scene.tif", "w", **profile_) as dst:
             dst.write(src.read([1, 2, 3], window=window))
     proc, out = profile.run("slimdiffsr:upscale", INPUT=tmp_path / "scene.tif", OUTPUT=tmp_path / "sr.tif")
@@ -156,8 +189,17 @@ def test_broken_environment_names_the_setup_algorithm(set_up, tmp_path) -> None:
         import rasterio
         from rasterio.transform import from_origin
 
-        with rasterio.open(src, "w", driver="GTiff", width=16, height=16, count=3, dtype="uint8",
-                           crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        with rasterio.open(
+            src,
+            "w",
+            driver="GTiff",
+            width=16,
+            height=16,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=from_origin(500000, 5000000, 10, 10),
+        ) as dst:
             dst.write(np.zeros((3, 16, 16), "uint8"))
         output = tmp_path / "o.tif"
         proc = profile.process("run", "slimdiffsr:upscale", "--", f"INPUT={src}", f"OUTPUT={output}")

@@ -87,8 +87,9 @@ def test_tiles_agree_with_the_whole_image(rgb_crop, tmp_path: Path) -> None:
         one, many = a.read().astype(np.float64), b.read().astype(np.float64)
     assert np.abs(one - many).mean() < 1.0
     # the engine applies it as the single-image path does
-    expected = resolver.super_resolve(data.transpose(1, 2, 0).astype(np.float32) / 255,
-                                      pad_multiple=resolver.multiple)
+    expected = resolver.super_resolve(
+        data.transpose(1, 2, 0).astype(np.float32) / 255, pad_multiple=resolver.multiple
+    )
     assert np.abs(one - np.rint(expected * 255).transpose(2, 0, 1)).max() <= 1
 
 

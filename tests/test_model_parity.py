@@ -114,8 +114,13 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, groups: int 
             x = _transformer(sd, f"{p}.attentions.{i}", _resnet(sd, f"{p}.resnets.{i}", x, groups), groups)
             skip.append(x)
         if p + ".downsamplers.0.conv.weight" in sd:
-            x = F.conv2d(x, sd[p + ".downsamplers.0.conv.weight"], sd[p + ".downsamplers.0.conv.bias"],
-                         stride=2, padding=1)
+            x = F.conv2d(
+                x,
+                sd[p + ".downsamplers.0.conv.weight"],
+                sd[p + ".downsamplers.0.conv.bias"],
+                stride=2,
+                padding=1,
+            )
             skip.append(x)
     x = _resnet(sd, "unet.mid_block.mid_block", x, groups)
     for u in range(_count(sd, r"unet\.up_blocks\.(\d+)\.")):

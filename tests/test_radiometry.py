@@ -20,8 +20,15 @@ def rgb16_crop(fixtures_dir: Path, tmp_path: Path, size: int) -> tuple[Path, np.
     with rasterio.open(fixtures_dir / "rio_color/rgb16.tif") as ds:
         win = rasterio.windows.Window(0, 0, size, size)
         data = ds.read([1, 2, 3], window=win).astype(np.uint16)
-        profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint16",
-                   "crs": ds.crs, "transform": ds.window_transform(win)}
+        profile = {
+            "driver": "GTiff",
+            "width": size,
+            "height": size,
+            "count": 3,
+            "dtype": "uint16",
+            "crs": ds.crs,
+            "transform": ds.window_transform(win),
+        }
     path = tmp_path / "rgb16.tif"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)

@@ -57,8 +57,11 @@ def real_crops(fixtures_dir: Path) -> list[np.ndarray]:
 
     with rasterio.open(fixtures_dir / "rasterio/RGB.byte.tif") as src:
         data = src.read([1, 2, 3], window=rasterio.windows.Window(300, 250, 96, 96)).astype(np.float32) / 255
-    return [np.ascontiguousarray(data[:, y : y + 48, x : x + 48].transpose(1, 2, 0))
-            for y in (0, 48) for x in (0, 48)]
+    return [
+        np.ascontiguousarray(data[:, y : y + 48, x : x + 48].transpose(1, 2, 0))
+        for y in (0, 48)
+        for x in (0, 48)
+    ]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -165,10 +168,12 @@ def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -
     torch.manual_seed(0)
     weights = save_safetensors(SlimDiffSRStudent(TINY_STUDENT), tmp_path / "t_x4.safetensors", 4, name="t")
     src, _ = rgb_crop(96)
-    auto = upscale_raster(src, tmp_path / "auto.tif", str(weights),
-                          UpscaleOptions(tile_size=64, precision="int8"))
-    fp32 = upscale_raster(src, tmp_path / "fp32.tif", str(weights),
-                          UpscaleOptions(tile_size=64, precision="fp32"))
+    auto = upscale_raster(
+        src, tmp_path / "auto.tif", str(weights), UpscaleOptions(tile_size=64, precision="int8")
+    )
+    fp32 = upscale_raster(
+        src, tmp_path / "fp32.tif", str(weights), UpscaleOptions(tile_size=64, precision="fp32")
+    )
     assert auto.device.endswith("int8") and fp32.device.endswith(", fp32")
     with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "fp32.tif") as b:
         assert a.tags()["SLIMDIFFSR_PRECISION"] == "int8"
@@ -181,8 +186,22 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path) -> None:
     from tools.gpu_check import main
 
     report = tmp_path / "gpu.json"
-    code = main(["--device", "cpu", "--out-sizes", "256", "--batches", "1,2", "--precisions", "fp32",
-                 "--budget-s", "300", "--json", str(report)])
+    code = main(
+        [
+            "--device",
+            "cpu",
+            "--out-sizes",
+            "256",
+            "--batches",
+            "1,2",
+            "--precisions",
+            "fp32",
+            "--budget-s",
+            "300",
+            "--json",
+            str(report),
+        ]
+    )
     result = json.loads(report.read_text())
     assert code == 0 and result["verdict"] == "ok"
     assert [r["precision"] for r in result["correctness"]] == ["fp32"]

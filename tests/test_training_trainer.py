@@ -146,9 +146,12 @@ def test_mse_loss_is_the_squared_error_psnr_measures(image_folder: Path, tmp_pat
         image = trainer.model(inputs)[1].float()
     assert parts["mse"] == pytest.approx(float((image - target).square().mean()), rel=1e-4)
     assert float(loss) == pytest.approx(parts["mse"], rel=1e-6)  # l1 reported, weighted 0
-    assert "mse" not in StudentTrainer(settings(image_folder, tmp_path / "n", tiny_config)).compute_loss(
-        inputs, target, lr
-    )[1]
+    assert (
+        "mse"
+        not in StudentTrainer(settings(image_folder, tmp_path / "n", tiny_config)).compute_loss(
+            inputs, target, lr
+        )[1]
+    )
 
 
 def test_settings_are_validated(image_folder: Path, tmp_path: Path, tiny_config):

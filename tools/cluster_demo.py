@@ -34,8 +34,24 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def upscale(source: Path, output: Path, env: dict[str, str], *extra: str) -> float:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "backend.cli", "upscale", str(source), str(output),
-                    "--bands", BANDS, "--nodata", str(NODATA), *extra], check=True, env=env, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "upscale",
+            str(source),
+            str(output),
+            "--bands",
+            BANDS,
+            "--nodata",
+            str(NODATA),
+            *extra,
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
     return time.monotonic() - t0
 
 
@@ -51,22 +67,53 @@ def main() -> int:
         folder = Path(tmp)
         file = folder / "scheduler.json"
         try:
-            procs.append(start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(file)],
-                               env, folder / "scheduler.log"))
+            procs.append(
+                start(
+                    [
+                        str(BIN / "dask"),
+                        "scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "0",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
+                        "--scheduler-file",
+                        str(file),
+                    ],
+                    env,
+                    folder / "scheduler.log",
+                )
+            )
             deadline = time.monotonic() + 60
             while not file.exists():
                 if time.monotonic() > deadline or procs[0].poll() is not None:
-                    print("error: the dask scheduler did not start; see " + str(folder / "scheduler.log"),
-                          file=sys.stderr)
+                    print(
+                        "error: the dask scheduler did not start; see " + str(folder / "scheduler.log"),
+                        file=sys.stderr,
+                    )
                     return 1
                 time.sleep(0.2)
             address = json.loads(file.read_text())["address"]
             print(f"scheduler: {address}")
             for i in range(2):
-                procs.append(start([str(BIN / "dask"), "worker", address, "--nthreads", "1",
-                                    "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
-                                   env, folder / f"worker{i}.log"))
+                procs.append(
+                    start(
+                        [
+                            str(BIN / "dask"),
+                            "worker",
+                            address,
+                            "--nthreads",
+                            "1",
+                            "--host",
+                            "127.0.0.1",
+                            "--dashboard-address",
+                            "127.0.0.1:0",
+                        ],
+                        env,
+                        folder / f"worker{i}.log",
+                    )
+                )
             local_out, cluster_out = BUILD / "cluster_demo_local.tif", BUILD / "cluster_demo_cluster.tif"
             t_local = upscale(source, local_out, env)
             t_cluster = upscale(source, cluster_out, env, "--scheduler", address)
@@ -80,11 +127,20 @@ def main() -> int:
                     p.kill()
     with rasterio.open(local_out) as a, rasterio.open(cluster_out) as b:
         same_grid = (a.width, a.height, a.transform, a.crs, a.dtypes, a.nodata, a.descriptions) == (
-            b.width, b.height, b.transform, b.crs, b.dtypes, b.nodata, b.descriptions)
+            b.width,
+            b.height,
+            b.transform,
+            b.crs,
+            b.dtypes,
+            b.nodata,
+            b.descriptions,
+        )
         diff = int(np.abs(a.read().astype(np.int64) - b.read().astype(np.int64)).max())
         size = f"{a.width}x{a.height}"
-    print(f"{source.name} -> {size}: local {t_local:.1f} s, cluster (2 workers) {t_cluster:.1f} s; "
-          f"same size/transform/CRS/type/nodata/descriptions: {same_grid}; max |difference| {diff} DN")
+    print(
+        f"{source.name} -> {size}: local {t_local:.1f} s, cluster (2 workers) {t_cluster:.1f} s; "
+        f"same size/transform/CRS/type/nodata/descriptions: {same_grid}; max |difference| {diff} DN"
+    )
     return 0 if same_grid and diff <= 1 else 1
 
 

@@ -49,8 +49,11 @@ def crop(scene: Path, size: int) -> Path:
         row = max(0, min(src.height - size, CENTRE[0] - size // 2))
         col = max(0, min(src.width - size, CENTRE[1] - size // 2))
         window = Window(col, row, min(size, src.width), min(size, src.height))
-        profile = src.profile | {"width": int(window.width), "height": int(window.height),
-                                 "transform": src.window_transform(window)}
+        profile = src.profile | {
+            "width": int(window.width),
+            "height": int(window.height),
+            "transform": src.window_transform(window),
+        }
         with rasterio.open(out, "w", **profile) as dst:
             dst.write(src.read(window=window))
     return out
@@ -113,8 +116,13 @@ def main() -> int:
     overviews = os.environ.get("DEMO_OVERVIEWS", "1")
     args = [
         *(QGIS_PROCESS, "--json", "run", "slimdiffsr:upscale", "--", f"INPUT={source}", f"BANDS={BANDS}"),
-        *(f"NODATA={NODATA}", f"DEVICE={device}", f"PRECISION={precision}", f"OVERVIEWS={overviews}",
-          f"OUTPUT={output}"),
+        *(
+            f"NODATA={NODATA}",
+            f"DEVICE={device}",
+            f"PRECISION={precision}",
+            f"OVERVIEWS={overviews}",
+            f"OUTPUT={output}",
+        ),
     ]
     print(f"running: {' '.join(args[:4])} INPUT={source.name} BANDS={BANDS} NODATA={NODATA}")
     started = time.monotonic()
@@ -128,8 +136,9 @@ def main() -> int:
         message = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()][-5:]
         print("error: the demo run failed:\n  " + "\n  ".join(message), file=sys.stderr)
         if "slimdiffsr" in proc.stderr and "not found" in proc.stderr.lower():
-            print("hint: the plugin is not installed in the QGIS profile; run 'make install'",
-                  file=sys.stderr)
+            print(
+                "hint: the plugin is not installed in the QGIS profile; run 'make install'", file=sys.stderr
+            )
         return 1
     log = result.get("log", {}).get("info", [])
     device_line = next((line for line in log if line.startswith("device:")), "device: ?")
@@ -138,20 +147,28 @@ def main() -> int:
         png = BUILD / "demo_before_after.png"
         print("")
         print("SlimDiffSR demo (qgis_process, bundled default weights)")
-        print(f"  input : {source.relative_to(ROOT)}  {src.width}x{src.height} px, {src.count} bands "
-              f"{src.dtypes[0]}, {src.res[0]:g} m, {src.crs.to_string()}")
-        print(f"  output: {output.relative_to(ROOT)}  {dst.width}x{dst.height} px, {dst.count} bands "
-              f"{dst.dtypes[0]}, {dst.res[0]:g} m, {dst.crs.to_string()}")
+        print(
+            f"  input : {source.relative_to(ROOT)}  {src.width}x{src.height} px, {src.count} bands "
+            f"{src.dtypes[0]}, {src.res[0]:g} m, {src.crs.to_string()}"
+        )
+        print(
+            f"  output: {output.relative_to(ROOT)}  {dst.width}x{dst.height} px, {dst.count} bands "
+            f"{dst.dtypes[0]}, {dst.res[0]:g} m, {dst.crs.to_string()}"
+        )
         same_extent = np.allclose(tuple(dst.bounds), tuple(src.bounds), atol=1e-3)
         print(f"  same CRS: {dst.crs == src.crs}; same extent: {same_extent}")
         print(f"  {device_line}")
-        print(f"  time  : {seconds:.1f} s (qgis_process start to finish), "
-              f"{dst.width * dst.height / seconds / 1e6:.2f} output Mpx/s"
-              f"{' with overviews' if overviews != '0' else ''}")
+        print(
+            f"  time  : {seconds:.1f} s (qgis_process start to finish), "
+            f"{dst.width * dst.height / seconds / 1e6:.2f} output Mpx/s"
+            f"{' with overviews' if overviews != '0' else ''}"
+        )
         engine = next((float(m.group(1)) for line in log if (m := re.match(r"time: ([\d.]+) s", line))), None)
         if engine:
-            print(f"  engine: {engine:.1f} s, {dst.width * dst.height / engine / 1e6:.2f} output Mpx/s "
-                  "(QGIS, worker and model start-up excluded)")
+            print(
+                f"  engine: {engine:.1f} s, {dst.width * dst.height / engine / 1e6:.2f} output Mpx/s "
+                "(QGIS, worker and model start-up excluded)"
+            )
         print(f"  CPU   : {cpu_info().describe()}")
     preview(source, output, png, scale)
     print(f"  preview (input | SlimDiffSR): {png.relative_to(ROOT)}")

@@ -84,8 +84,10 @@ def main(argv: list[str]) -> int:
         try:
             extract(download(dest), member, dest)
         except OSError as exc:
-            print(f"error: cannot download the demo scene ({exc}); check the internet connection",
-                  file=sys.stderr)
+            print(
+                f"error: cannot download the demo scene ({exc}); check the internet connection",
+                file=sys.stderr,
+            )
             return 1
     print(dest / member)
     return 0

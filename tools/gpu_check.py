@@ -35,8 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ENGINE_PACKAGES = {"rasterio": "rasterio==1.4.3", "affine": "affine==2.4.0", "scipy": "scipy",
-                   "safetensors": "safetensors", "psutil": "psutil"}
+ENGINE_PACKAGES = {
+    "rasterio": "rasterio==1.4.3",
+    "affine": "affine==2.4.0",
+    "scipy": "scipy",
+    "safetensors": "safetensors",
+    "psutil": "psutil",
+}
 # |difference| limits in 8-bit DN against CPU fp32: (max, 99.9th percentile).
 LIMITS = {"fp32": (2.0, 1.0), "fp16": (16.0, 2.0), "bf16": (32.0, 4.0)}
 
@@ -87,8 +92,11 @@ def test_images(scale: int, count: int = 3, side: int = 256) -> list:
         yy, xx = np.mgrid[0:64, 0:64] / 64.0
         base = np.stack([np.sin(9 * xx + c) * np.cos(7 * yy - c) for c in range(3)], -1) * 0.3 + 0.5
         noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()[0]
-        img = np.clip(base + 0.1 * F.avg_pool2d(torch.from_numpy(noise)[None], 3, 1, 1)[0].numpy().transpose(
-            1, 2, 0), 0, 1)
+        img = np.clip(
+            base + 0.1 * F.avg_pool2d(torch.from_numpy(noise)[None], 3, 1, 1)[0].numpy().transpose(1, 2, 0),
+            0,
+            1,
+        )
         images = [img.astype(np.float32)]
     return images
 
@@ -126,9 +134,14 @@ def check_correctness(loaded, device: str, precisions: list[str]) -> tuple[list[
         q = float(np.quantile(diff, 0.999))
         passed = finite and float(diff.max()) <= limit_max and q <= limit_q
         ok &= passed
-        row.update(runs_as=resolver.description, max_dn=float(diff.max()), p999_dn=q, finite=finite,
-                   limits=f"max <= {limit_max:g}, 99.9% <= {limit_q:g}",
-                   status="ok" if passed else "MISMATCH")
+        row.update(
+            runs_as=resolver.description,
+            max_dn=float(diff.max()),
+            p999_dn=q,
+            finite=finite,
+            limits=f"max <= {limit_max:g}, 99.9% <= {limit_q:g}",
+            status="ok" if passed else "MISMATCH",
+        )
         rows.append(row)
     return rows, ok
 
@@ -152,9 +165,17 @@ def time_engine(weights: Path, device: str, out_size: int, batch: int, folder: P
     seconds = time.perf_counter() - start
     out.unlink(missing_ok=True)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"mode": "engine", "out": f"{out_size}x{out_size}", "batch": batch, "seconds": round(seconds, 2),
-            "mpx_s": round(out_size * out_size / seconds / 1e6, 3), "peak_gpu_mb": peak and round(peak),
-            "tiles": report.tiles, "tile": report.tile_size, "runs_as": report.device}
+    return {
+        "mode": "engine",
+        "out": f"{out_size}x{out_size}",
+        "batch": batch,
+        "seconds": round(seconds, 2),
+        "mpx_s": round(out_size * out_size / seconds / 1e6, 3),
+        "peak_gpu_mb": peak and round(peak),
+        "tiles": report.tiles,
+        "tile": report.tile_size,
+        "runs_as": report.device,
+    }
 
 
 def time_tiles(loaded, device: str, out_size: int, batch: int) -> dict:
@@ -177,9 +198,17 @@ def time_tiles(loaded, device: str, out_size: int, batch: int) -> dict:
         resolver.restore(resolver.upsample(x[: min(batch, n - i)]))[0].cpu()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"mode": "tiles only (no rasterio)", "out": f"{out_size}x{out_size}", "batch": batch,
-            "seconds": round(seconds, 2), "mpx_s": round(out_size * out_size / seconds / 1e6, 3),
-            "peak_gpu_mb": peak and round(peak), "tiles": n, "tile": tile, "runs_as": resolver.description}
+    return {
+        "mode": "tiles only (no rasterio)",
+        "out": f"{out_size}x{out_size}",
+        "batch": batch,
+        "seconds": round(seconds, 2),
+        "mpx_s": round(out_size * out_size / seconds / 1e6, 3),
+        "peak_gpu_mb": peak and round(peak),
+        "tiles": n,
+        "tile": tile,
+        "runs_as": resolver.description,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             say("error: torch sees no CUDA GPU (CPU-only torch build or no driver); nothing to check")
             return 2
-        say(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}, "
-            f"{torch.cuda.get_device_properties(torch.device(args.device)).total_memory / 2**30:.0f} GiB")
+        say(
+            f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}, "
+            f"{torch.cuda.get_device_properties(torch.device(args.device)).total_memory / 2**30:.0f} GiB"
+        )
     from backend.runtime.cpu import cpu_info
 
     say(f"CPU: {cpu_info().describe()}")
@@ -226,18 +257,26 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.monotonic() - started
                 estimate = per_mpx * out_size**2 / 1e6 if per_mpx else 0.0
                 if elapsed + estimate > args.budget_s:
-                    row = {"out": f"{out_size}x{out_size}", "batch": batch,
-                           "status": f"skipped: about {estimate:.0f} s, past the {args.budget_s:.0f} s "
-                                     "budget"}
+                    row = {
+                        "out": f"{out_size}x{out_size}",
+                        "batch": batch,
+                        "status": f"skipped: about {estimate:.0f} s, past the {args.budget_s:.0f} s budget",
+                    }
                 else:
                     try:
-                        row = (time_tiles(loaded, args.device, out_size, batch) if missing else
-                               time_engine(weights, args.device, out_size, batch, Path(tmp)))
+                        row = (
+                            time_tiles(loaded, args.device, out_size, batch)
+                            if missing
+                            else time_engine(weights, args.device, out_size, batch, Path(tmp))
+                        )
                         per_mpx = max(per_mpx or 0.0, row["seconds"] / (out_size**2 / 1e6))
                     except Exception as exc:  # reported, then the next run
                         failed = True
-                        row = {"out": f"{out_size}x{out_size}", "batch": batch,
-                               "status": f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                        row = {
+                            "out": f"{out_size}x{out_size}",
+                            "batch": batch,
+                            "status": f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                        }
                         traceback.print_exc(limit=3)
                 timings.append(row)
                 say("   " + json.dumps(row))
@@ -246,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     say(f"\n{verdict}: {total:.0f} s in all")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"correctness": rows, "timings": timings, "verdict": verdict,
-                                         "seconds": total}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"correctness": rows, "timings": timings, "verdict": verdict, "seconds": total}, indent=1
+            )
+        )
     return 0 if ok and not failed else (1 if not ok else 2)
 
 

@@ -52,8 +52,10 @@ def list_inputs(source: str) -> list[Path]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
-        raise EngineError(f"no input rasters found in {source}; give a folder of rasters, a glob such as "
-                          "'scenes/*.tif' (quoted), or a text file with one path per line")
+        raise EngineError(
+            f"no input rasters found in {source}; give a folder of rasters, a glob such as "
+            "'scenes/*.tif' (quoted), or a text file with one path per line"
+        )
     return files
 
 
@@ -61,8 +63,10 @@ def output_path(input: Path, folder: Path, pattern: str, scale: int) -> Path:
     try:
         name = pattern.format(stem=input.stem, name=input.name, scale=scale)
     except (KeyError, IndexError, ValueError) as exc:
-        raise EngineError(f"output pattern {pattern!r} is invalid ({exc}); use {{stem}}, {{name}} and "
-                          "{scale}, e.g. {stem}_x{scale}.tif") from None
+        raise EngineError(
+            f"output pattern {pattern!r} is invalid ({exc}); use {{stem}}, {{name}} and "
+            "{scale}, e.g. {stem}_x{scale}.tif"
+        ) from None
     return folder / name
 
 
@@ -86,10 +90,15 @@ def is_complete(output: Path, input: Path) -> bool:
     return True
 
 
-def run_batch(inputs: list[Path], folder: Path, options: UpscaleOptions, pattern: str = DEFAULT_PATTERN,
-              progress: Callable[[int, int, str], None] | None = None,
-              cancel: Callable[[], bool] | None = None,
-              log: Callable[[str], None] | None = None) -> BatchReport:
+def run_batch(
+    inputs: list[Path],
+    folder: Path,
+    options: UpscaleOptions,
+    pattern: str = DEFAULT_PATTERN,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BatchReport:
     """Upscale every input into ``folder``; on ``options.scheduler`` one file per task."""
     t0 = time.monotonic()
     if not folder.is_dir():
@@ -103,8 +112,9 @@ def run_batch(inputs: list[Path], folder: Path, options: UpscaleOptions, pattern
     return report
 
 
-def _todo(inputs: list[Path], folder: Path, pattern: str, scale: int, report: BatchReport
-          ) -> list[tuple[Path, Path]]:
+def _todo(
+    inputs: list[Path], folder: Path, pattern: str, scale: int, report: BatchReport
+) -> list[tuple[Path, Path]]:
     todo = []
     for src in inputs:
         dst = output_path(src, folder, pattern, scale)
@@ -115,16 +125,26 @@ def _todo(inputs: list[Path], folder: Path, pattern: str, scale: int, report: Ba
     return todo
 
 
-def _run_here(inputs: list[Path], folder: Path, options: UpscaleOptions, pattern: str, report: BatchReport,
-              progress: Any, cancel: Any, log: Any) -> None:
+def _run_here(
+    inputs: list[Path],
+    folder: Path,
+    options: UpscaleOptions,
+    pattern: str,
+    report: BatchReport,
+    progress: Any,
+    cancel: Any,
+    log: Any,
+) -> None:
     from backend.engine.model import resolve_model
     from backend.engine.run import upscale_raster
 
     resolver, _name = resolve_model(None, options)  # loaded once for every file
     todo = _todo(inputs, folder, pattern, resolver.scale, report)
     if log:
-        log(f"{len(todo)} file(s) to do, {len(report.skipped)} already complete; "
-            f"device {resolver.description}")
+        log(
+            f"{len(todo)} file(s) to do, {len(report.skipped)} already complete; "
+            f"device {resolver.description}"
+        )
     for i, (src, dst) in enumerate(todo):
         try:
             upscale_raster(src, dst, resolver, replace(options, scheduler=None), cancel=cancel)
@@ -139,8 +159,16 @@ def _run_here(inputs: list[Path], folder: Path, options: UpscaleOptions, pattern
             progress(i + 1, len(todo), src.name)
 
 
-def _run_on_cluster(inputs: list[Path], folder: Path, options: UpscaleOptions, pattern: str,
-                    report: BatchReport, progress: Any, cancel: Any, log: Any) -> None:
+def _run_on_cluster(
+    inputs: list[Path],
+    folder: Path,
+    options: UpscaleOptions,
+    pattern: str,
+    report: BatchReport,
+    progress: Any,
+    cancel: Any,
+    log: Any,
+) -> None:
     from uuid import uuid4
 
     from distributed import Event, wait
@@ -159,9 +187,20 @@ def _run_on_cluster(inputs: list[Path], folder: Path, options: UpscaleOptions, p
         client = cluster.client
         resources = dict(options.task_resources) or None
         stop = Event(f"slimdiffsr-cancel-{uuid4().hex}", client=client)
-        pending = {client.submit(upscale_file, spec, str(src.resolve()), str(dst.resolve()), options,
-                                 stop.name, pure=False, resources=resources, priority=-i): src
-                   for i, (src, dst) in enumerate(todo)}
+        pending = {
+            client.submit(
+                upscale_file,
+                spec,
+                str(src.resolve()),
+                str(dst.resolve()),
+                options,
+                stop.name,
+                pure=False,
+                resources=resources,
+                priority=-i,
+            ): src
+            for i, (src, dst) in enumerate(todo)
+        }
         finished = 0
         try:
             while pending:
@@ -191,4 +230,3 @@ def _run_on_cluster(inputs: list[Path], folder: Path, options: UpscaleOptions, p
                 wait(list(pending), timeout=120)
             client.cancel(list(pending), force=True)
             raise
-

@@ -20,11 +20,17 @@ HELP = "super-resolve many rasters (a folder, a glob or a list file) into a fold
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("inputs", help="a folder of rasters, a glob such as 'scenes/*.tif' (quoted), or a text file listing "
-        "one raster per line")
+    add(
+        "inputs",
+        help="a folder of rasters, a glob such as 'scenes/*.tif' (quoted), or a text file listing "
+        "one raster per line",
+    )
     add("output_folder", help="where the outputs go (must exist)")
-    add("--pattern", default=DEFAULT_PATTERN, help="output file name; {stem}, {name} and {scale} are "
-        f"replaced (default: {DEFAULT_PATTERN})")
+    add(
+        "--pattern",
+        default=DEFAULT_PATTERN,
+        help=f"output file name; {{stem}}, {{name}} and {{scale}} are replaced (default: {DEFAULT_PATTERN})",
+    )
     add_run_arguments(parser)
 
 
@@ -34,11 +40,20 @@ def run(args: argparse.Namespace) -> int:
     from backend.errors import Cancelled, SlimDiffSRError
     from backend.signals import StopRequest
 
-    options = UpscaleOptions(weights=args.weights, scale=args.scale, bands=args.bands, device=args.device,
-                             precision=args.precision, tile_size=args.tile_size, overlap=args.overlap,
-                             cog=args.cog, overviews=args.overviews, scheduler=args.scheduler,
-                             region_tiles=args.region_tiles,
-                             task_resources=parse_resources(args.task_resources))
+    options = UpscaleOptions(
+        weights=args.weights,
+        scale=args.scale,
+        bands=args.bands,
+        device=args.device,
+        precision=args.precision,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        cog=args.cog,
+        overviews=args.overviews,
+        scheduler=args.scheduler,
+        region_tiles=args.region_tiles,
+        task_resources=parse_resources(args.task_resources),
+    )
     bar = None
 
     def on_progress(done: int, total: int, name: str) -> None:
@@ -55,8 +70,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = list_inputs(args.inputs)
         with StopRequest(force_on_repeat=True) as stop:
-            report = run_batch(inputs, Path(args.output_folder), options, args.pattern, on_progress,
-                               cancel=lambda: bool(stop), log=lambda m: print(m, file=sys.stderr))
+            report = run_batch(
+                inputs,
+                Path(args.output_folder),
+                options,
+                args.pattern,
+                on_progress,
+                cancel=lambda: bool(stop),
+                log=lambda m: print(m, file=sys.stderr),
+            )
     except (Cancelled, KeyboardInterrupt):
         if bar is not None:
             bar.close()
@@ -71,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     for name, message in report.failed.items():
         print(f"failed: {name}: {message}", file=sys.stderr)
-    print(f"{len(report.done)} done, {len(report.skipped)} already complete, {len(report.failed)} failed "
-          f"in {report.elapsed_s:.1f} s")
+    print(
+        f"{len(report.done)} done, {len(report.skipped)} already complete, {len(report.failed)} failed "
+        f"in {report.elapsed_s:.1f} s"
+    )
     return EXIT_FAILED if report.failed else EXIT_OK

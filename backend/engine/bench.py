@@ -48,9 +48,18 @@ def synthetic_raster(path: Path, size: int, valid_rows: int | None = None, seed:
     """
     rng = np.random.default_rng(seed)
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
-        "transform": Affine(10.0, 0, 500000.0, 0, -10.0, 5000000.0), "tiled": True, "blockxsize": 256,
-        "blockysize": 256, "compress": "deflate", "nodata": 0 if valid_rows is not None else None,
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(10.0, 0, 500000.0, 0, -10.0, 5000000.0),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "nodata": 0 if valid_rows is not None else None,
     }
     base = rng.integers(1, 255, size=(3, 64, 64)).astype(np.float32)
     with rasterio.open(path, "w", **profile) as dst:
@@ -83,8 +92,9 @@ def model_only_seconds(resolver: SuperResolver, plan: TilePlan, batch_size: int)
     return time.perf_counter() - t0
 
 
-def throughput(config: str, size: int, scale: int, device: str, precision: str, batch: int | None,
-               folder: Path) -> dict[str, float]:
+def throughput(
+    config: str, size: int, scale: int, device: str, precision: str, batch: int | None, folder: Path
+) -> dict[str, float]:
     weights = write_random_weights(folder / f"{config}_x{scale}.safetensors", CONFIGS[config], scale)
     src = synthetic_raster(folder / f"in_{size}.tif", size)
     loaded = load_weights(weights)
@@ -100,9 +110,15 @@ def throughput(config: str, size: int, scale: int, device: str, precision: str, 
     t_e2e = time.perf_counter() - t0
     os.unlink(folder / "out.tif")
     return {
-        "config": config, "device": resolver.description, "input": f"{size}x{size}", "tiles": len(plan),
-        "model_s": t_model, "e2e_s": t_e2e, "model_mpx_s": out_px / t_model / 1e6,
-        "e2e_mpx_s": out_px / t_e2e / 1e6, "ratio": t_e2e / t_model,
+        "config": config,
+        "device": resolver.description,
+        "input": f"{size}x{size}",
+        "tiles": len(plan),
+        "model_s": t_model,
+        "e2e_s": t_e2e,
+        "model_mpx_s": out_px / t_model / 1e6,
+        "e2e_mpx_s": out_px / t_e2e / 1e6,
+        "ratio": t_e2e / t_model,
     }
 
 
@@ -115,15 +131,29 @@ def rss_child(size: int, config: str, valid_rows: int | None, folder: Path) -> d
     t0 = time.perf_counter()
     report = upscale_raster(src, folder / "out.tif", weights, UpscaleOptions(device="cpu", precision="fp32"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"size": size, "peak_rss_mb": peak_mb, "seconds": time.perf_counter() - t0,
-            "tiles": report.tiles, "skipped": report.tiles_skipped}
+    return {
+        "size": size,
+        "peak_rss_mb": peak_mb,
+        "seconds": time.perf_counter() - t0,
+        "tiles": report.tiles,
+        "skipped": report.tiles_skipped,
+    }
 
 
 def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> dict[str, float]:
     """Peak RSS of a whole run in a fresh subprocess (so earlier allocations do not count)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "backend.engine.bench", "--rss-child", str(size), "--config", config,
-               "--folder", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.engine.bench",
+            "--rss-child",
+            str(size),
+            "--config",
+            config,
+            "--folder",
+            tmp,
+        ]
         if valid_rows is not None:
             cmd += ["--valid-rows", str(valid_rows)]
         root = Path(__file__).resolve().parents[2]
@@ -140,8 +170,13 @@ def receptive_margin(config: str, scale: int = 4, size: int = 192, tile: int = 1
     resolver = SuperResolver(SlimDiffSRStudent(CONFIGS[config]), scale, "cpu", "fp32")
     profile = edge_profile(resolver, size, tile)
     margin, floor = margin_of(profile)
-    return {"config": config, "scale": scale, "floor": floor, "margin_out_px": margin,
-            "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)}}
+    return {
+        "config": config,
+        "scale": scale,
+        "floor": floor,
+        "margin_out_px": margin,
+        "at": {d: profile[d] for d in (0, 4, 8, 16, 24, 32, 48, 64, 96) if d < len(profile)},
+    }
 
 
 def seam_lines(plan: TilePlan) -> tuple[list[int], list[int]]:
@@ -172,8 +207,9 @@ def seam_ratio(tiled: np.ndarray, reference: np.ndarray, plan: TilePlan) -> floa
     return steps(tiled) / max(steps(reference), 1e-12)
 
 
-def seam_table(config: str, size: int = 192, tile: int = 64, overlaps: tuple[int, ...] = (0, 4, 8, 16, 32)
-               ) -> list[dict[str, float]]:
+def seam_table(
+    config: str, size: int = 192, tile: int = 64, overlaps: tuple[int, ...] = (0, 4, 8, 16, 32)
+) -> list[dict[str, float]]:
     """Tiled against single-tile output of a real image crop, for several overlaps (x4)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,8 +219,17 @@ def seam_table(config: str, size: int = 192, tile: int = 64, overlaps: tuple[int
         resolver = SuperResolver(loaded.model, 4, "cpu", "fp32")
         lr = np.rint(reference_image(size) * 255).astype(np.uint8)
         src = folder / "in.tif"
-        with rasterio.open(src, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                           crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
+        with rasterio.open(
+            src,
+            "w",
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=Affine(10, 0, 0, 0, -10, 0),
+        ) as dst:
             dst.write(lr)
 
         def run(name: str, opts: UpscaleOptions) -> np.ndarray:
@@ -197,8 +242,15 @@ def seam_table(config: str, size: int = 192, tile: int = 64, overlaps: tuple[int
             many = run(f"t{ov}.tif", UpscaleOptions(tile_size=tile, overlap=ov))
             plan = make_plan(size, size, 4, tile, ov, resolver.multiple)
             mad = float(np.abs(many - one).mean())
-            rows.append({"config": config, "tile": tile, "overlap": ov, "mad": mad,
-                         "seam_ratio": seam_ratio(many, one, plan)})
+            rows.append(
+                {
+                    "config": config,
+                    "tile": tile,
+                    "overlap": ov,
+                    "mad": mad,
+                    "seam_ratio": seam_ratio(many, one, plan),
+                }
+            )
     return rows
 
 
@@ -214,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", action="store_true")
     p.add_argument("--seams", action="store_true")
     p.add_argument("--rss-child", type=int)
-    p.add_argument("--valid-rows", type=int, default=400,
-                   help="RSS runs: rows of data across the full width (the rest is nodata); 0: all")
+    p.add_argument(
+        "--valid-rows",
+        type=int,
+        default=400,
+        help="RSS runs: rows of data across the full width (the rest is nodata); 0: all",
+    )
     p.add_argument("--folder")
     args = p.parse_args(argv)
     if args.rss_child:
@@ -232,13 +288,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(receptive_margin(cfg)))
         return 0
     configs = (args.config or "nano").split(",")
-    print(f"{'config':8} {'device':24} {'input':>10} {'tiles':>6} {'model Mpx/s':>12} {'e2e Mpx/s':>10} "
-          f"{'e2e/model':>9}")
+    print(
+        f"{'config':8} {'device':24} {'input':>10} {'tiles':>6} {'model Mpx/s':>12} {'e2e Mpx/s':>10} "
+        f"{'e2e/model':>9}"
+    )
     for cfg in configs:
         with tempfile.TemporaryDirectory() as tmp:
             r = throughput(cfg, args.size, 4, args.device, args.precision, args.batch_size, Path(tmp))
-        print(f"{r['config']:8} {r['device']:24} {r['input']:>10} {r['tiles']:>6} {r['model_mpx_s']:>12.3f} "
-              f"{r['e2e_mpx_s']:>10.3f} {r['ratio']:>9.2f}", flush=True)
+        print(
+            f"{r['config']:8} {r['device']:24} {r['input']:>10} {r['tiles']:>6} {r['model_mpx_s']:>12.3f} "
+            f"{r['e2e_mpx_s']:>10.3f} {r['ratio']:>9.2f}",
+            flush=True,
+        )
     rows = f"first {args.valid_rows} rows valid" if args.valid_rows else "all valid"
     print(f"\n{'input':>10} {'peak RSS MB':>12} {'seconds':>8}  (x4, nano model, CPU, {rows})")
     for size in (int(s) for s in args.rss_sizes.split(",") if s):

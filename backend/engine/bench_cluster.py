@@ -68,9 +68,21 @@ def writer_comparison(folder: Path, size: int, parts: int = 4) -> dict[str, floa
     rng = np.random.default_rng(0)
     block = 512
     tile = np.clip(rng.normal(128, 30, (3, block, block)), 0, 255).astype(np.uint8)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "tiled": True,
-               "blockxsize": block, "blockysize": block, "compress": "deflate", "zlevel": DEFLATE_LEVEL,
-               "predictor": 2, "crs": "EPSG:32633", "transform": rasterio.Affine(1, 0, 0, 0, -1, 0)}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "zlevel": DEFLATE_LEVEL,
+        "predictor": 2,
+        "crs": "EPSG:32633",
+        "transform": rasterio.Affine(1, 0, 0, 0, -1, 0),
+    }
     t0 = time.perf_counter()
     with rasterio.open(folder / "one.tif", "w", **profile) as dst:
         for y in range(0, size, block):
@@ -83,8 +95,11 @@ def writer_comparison(folder: Path, size: int, parts: int = 4) -> dict[str, floa
     for i in range(parts):
         for j in range(parts):
             p = folder / f"part_{i}_{j}.tif"
-            prof = profile | {"width": side, "height": side,
-                              "transform": rasterio.Affine(1, 0, j * side, 0, -1, -i * side)}
+            prof = profile | {
+                "width": side,
+                "height": side,
+                "transform": rasterio.Affine(1, 0, j * side, 0, -1, -i * side),
+            }
             with rasterio.open(p, "w", **prof) as dst:
                 for y in range(0, side, block):
                     for x in range(0, side, block):
@@ -93,9 +108,25 @@ def writer_comparison(folder: Path, size: int, parts: int = 4) -> dict[str, floa
     parts_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     subprocess.run(["gdalbuildvrt", "-q", str(folder / "parts.vrt"), *names], check=True)
-    subprocess.run(["gdal_translate", "-q", "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "ZLEVEL=1",
-                    "-co", "PREDICTOR=2", "-co", "NUM_THREADS=ALL_CPUS", str(folder / "parts.vrt"),
-                    str(folder / "assembled.tif")], check=True)
+    subprocess.run(
+        [
+            "gdal_translate",
+            "-q",
+            "-co",
+            "TILED=YES",
+            "-co",
+            "COMPRESS=DEFLATE",
+            "-co",
+            "ZLEVEL=1",
+            "-co",
+            "PREDICTOR=2",
+            "-co",
+            "NUM_THREADS=ALL_CPUS",
+            str(folder / "parts.vrt"),
+            str(folder / "assembled.tif"),
+        ],
+        check=True,
+    )
     assemble = time.perf_counter() - t0
     return {"single_writer_s": single, "parts_written_s": parts_s, "gdal_assembly_s": assemble}
 
@@ -119,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         local = upscale_raster(src, folder / "local.tif", None, options)
         results["local_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        remote = upscale_raster(src, folder / "cluster.tif", None, UpscaleOptions(weights=str(weights),
-                                scheduler=scheduler), log=lambda m: print(m, file=sys.stderr))
+        remote = upscale_raster(
+            src,
+            folder / "cluster.tif",
+            None,
+            UpscaleOptions(weights=str(weights), scheduler=scheduler),
+            log=lambda m: print(m, file=sys.stderr),
+        )
         results["cluster_s"] = time.perf_counter() - t0
         results["ratio"] = results["cluster_s"] / results["local_s"]  # type: ignore[operator]
         results["tiles"] = local.tiles

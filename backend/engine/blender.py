@@ -25,8 +25,9 @@ Piece = tuple[int, int, int, np.ndarray]
 """(window index, row, column inside the block, weighted values [channels, h, w] float32)."""
 
 
-def contribution(plan: TilePlan, window: Window, values: np.ndarray, weight: np.ndarray, block: Block
-                 ) -> Piece:
+def contribution(
+    plan: TilePlan, window: Window, values: np.ndarray, weight: np.ndarray, block: Block
+) -> Piece:
     """The part of ``weight * values`` of ``window`` that falls into ``block``."""
     s = plan.scale
     wy0, wx0 = s * window.row_off, s * window.col_off
@@ -62,8 +63,9 @@ class Blender:
     None: every block of the plan.
     """
 
-    def __init__(self, plan: TilePlan, channels: int,
-                 blocks: Collection[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, plan: TilePlan, channels: int, blocks: Collection[tuple[int, int]] | None = None
+    ) -> None:
         self.plan = plan
         self.channels = channels
         self._only = None if blocks is None else set(blocks)

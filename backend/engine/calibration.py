@@ -26,8 +26,13 @@ CALIBRATION_SIDE = 64
 ranges, little enough that calibrating costs a fraction of one tile."""
 
 
-def calibration_crops(plan: TilePlan, info: SourceInfo, step: ModelStep,
-                      count: int = CALIBRATION_CROPS, side: int = CALIBRATION_SIDE) -> list[np.ndarray]:
+def calibration_crops(
+    plan: TilePlan,
+    info: SourceInfo,
+    step: ModelStep,
+    count: int = CALIBRATION_CROPS,
+    side: int = CALIBRATION_SIDE,
+) -> list[np.ndarray]:
     """Central crops (HxWx3 in [0, 1], the first band group) of windows spread over the raster;
     windows with no valid pixel are passed over."""
     crops: list[np.ndarray] = []

@@ -122,8 +122,16 @@ class Cluster:
 def _quiet_logs() -> None:
     """Dask logs every lost connection and restarted task at WARNING; the user gets our
     one-line summary instead (the logs stay available at DEBUG through logging config)."""
-    for name in ("distributed", "distributed.client", "distributed.core", "distributed.comm",
-                 "distributed.batched", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
+    for name in (
+        "distributed",
+        "distributed.client",
+        "distributed.core",
+        "distributed.comm",
+        "distributed.batched",
+        "distributed.worker",
+        "distributed.scheduler",
+        "distributed.nanny",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -144,10 +152,17 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Cluster:
             if n < 1:
                 raise ValueError
         except ValueError:
-            raise EngineError(f"scheduler {address!r}: write local:N with N the number of worker processes, "
-                              "e.g. local:2") from None
-        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+            raise EngineError(
+                f"scheduler {address!r}: write local:N with N the number of worker processes, e.g. local:2"
+            ) from None
+        local = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
         client = Client(local, timeout=timeout)
         shown = f"local:{n} ({local.scheduler_address})"
     else:
@@ -156,9 +171,11 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Cluster:
         try:
             client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
-            raise EngineError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
-                              f"({type(exc).__name__}); start it (dask scheduler) or check the address "
-                              f"and the firewall, or run locally without --scheduler") from None
+            raise EngineError(
+                f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
+                f"({type(exc).__name__}); start it (dask scheduler) or check the address "
+                f"and the firewall, or run locally without --scheduler"
+            ) from None
         shown = address
     try:
         client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
@@ -166,8 +183,10 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Cluster:
         client.close()
         if local is not None:
             local.close()
-        raise EngineError(f"the Dask scheduler at {shown} has no worker after {WORKERS_TIMEOUT_S:.0f} s; "
-                          "start workers (dask worker ADDRESS) or run locally without --scheduler") from None
+        raise EngineError(
+            f"the Dask scheduler at {shown} has no worker after {WORKERS_TIMEOUT_S:.0f} s; "
+            "start workers (dask worker ADDRESS) or run locally without --scheduler"
+        ) from None
     return Cluster(client, shown, local)
 
 
@@ -185,8 +204,10 @@ def probe_workers(cluster: Cluster, spec: ModelSpec) -> dict[str, dict[str, Any]
     collect what each reports: host, device, model."""
     client = cluster.client
     addresses = list(client.scheduler_info()["workers"])
-    futures = {a: client.submit(model_info, spec, workers=[a], allow_other_workers=False, pure=False)
-               for a in addresses}
+    futures = {
+        a: client.submit(model_info, spec, workers=[a], allow_other_workers=False, pure=False)
+        for a in addresses
+    }
     try:
         cluster.workers = {a: f.result() for a, f in futures.items()}
     except EngineError as exc:
@@ -204,8 +225,12 @@ def _model_spec(model: Any, options: UpscaleOptions) -> ModelSpec:
         weights = model
     elif model is not None and getattr(model, "path", None) is not None:
         weights = model.path
-    return ModelSpec(None if weights is None else str(Path(weights).resolve()), options.scale, options.device,
-                     options.precision)
+    return ModelSpec(
+        None if weights is None else str(Path(weights).resolve()),
+        options.scale,
+        options.device,
+        options.precision,
+    )
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:
@@ -213,11 +238,16 @@ def _check_cancel(cancel: Callable[[], bool] | None) -> None:
         raise EngineCancelled("cancelled; nothing was written")
 
 
-def upscale_raster_on_cluster(input: str | Path, output: str | Path, model: Any = None,
-                              options: UpscaleOptions | None = None,
-                              progress: Callable[[Progress], None] | None = None,
-                              cancel: Callable[[], bool] | None = None, log: LogFn | None = None,
-                              cluster: Cluster | None = None) -> UpscaleReport:
+def upscale_raster_on_cluster(
+    input: str | Path,
+    output: str | Path,
+    model: Any = None,
+    options: UpscaleOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    log: LogFn | None = None,
+    cluster: Cluster | None = None,
+) -> UpscaleReport:
     """``upscale_raster`` with its windows computed on ``options.scheduler`` (or on an
     already connected ``cluster``): same checks, same plan, same file."""
     options = options or UpscaleOptions()
@@ -241,9 +271,18 @@ def upscale_raster_on_cluster(input: str | Path, output: str | Path, model: Any 
     raise AssertionError("unreachable")
 
 
-def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], src_path: Path,
-         dst_path: Path, info: Any, options: UpscaleOptions, progress: Any, cancel: Any,
-         t0: float) -> UpscaleReport:
+def _run(
+    cluster: Cluster,
+    spec: ModelSpec,
+    workers: dict[str, dict[str, Any]],
+    src_path: Path,
+    dst_path: Path,
+    info: Any,
+    options: UpscaleOptions,
+    progress: Any,
+    cancel: Any,
+    t0: float,
+) -> UpscaleReport:
     import torch
 
     first = next(iter(workers.values()))
@@ -252,12 +291,21 @@ def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], 
     device = torch.device(first["device_type"])
     scale = first["scale"]
     batch = options.batch_size or default_batch(device)
-    tile = options.tile_size or default_tile(scale, first["vae_channels"], batch, info.width * scale,
-                                             len(info.bands), options.block_size, max_tile_out(device))
+    tile = options.tile_size or default_tile(
+        scale,
+        first["vae_channels"],
+        batch,
+        info.width * scale,
+        len(info.bands),
+        options.block_size,
+        max_tile_out(device),
+    )
     overlap = options.overlap if options.overlap is not None else default_overlap(scale, first["margin"])
     if tile < 8 or overlap < 0:
-        raise EngineError(f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
-                          "pixels and an overlap of 0 or more")
+        raise EngineError(
+            f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
+            "pixels and an overlap of 0 or more"
+        )
     try:
         plan = make_plan(info.width, info.height, scale, tile, overlap, first["multiple"], options.block_size)
     except ValueError as exc:
@@ -274,8 +322,17 @@ def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], 
     temp = TempOutput(dst_path)
     try:
         if first["color_match"]:
-            f = client.submit(color_stats, spec, plan, info, radiometry, max(1, options.stat_windows), batch,
-                              pure=False, resources=resources)
+            f = client.submit(
+                color_stats,
+                spec,
+                plan,
+                info,
+                radiometry,
+                max(1, options.stat_windows),
+                batch,
+                pure=False,
+                resources=resources,
+            )
             futures.add(f)
             while not f.done():
                 _check_cancel(cancel)
@@ -285,15 +342,27 @@ def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], 
         bigtiff = size > BIGTIFF_THRESHOLD
         with rasterio.open(src_path) as src:
             provenance = {
-                "SLIMDIFFSR_MODEL": first["model"], "SLIMDIFFSR_SCALE": str(scale),
+                "SLIMDIFFSR_MODEL": first["model"],
+                "SLIMDIFFSR_SCALE": str(scale),
                 "SLIMDIFFSR_PRECISION": first["device"].rpartition(", ")[2],
                 "SLIMDIFFSR_DEVICE": f"Dask {cluster.summary()}",
-                "SLIMDIFFSR_VERSION": __version__, "SLIMDIFFSR_SOURCE": src_path.name,
-                "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)), **options.extra_tags,
+                "SLIMDIFFSR_VERSION": __version__,
+                "SLIMDIFFSR_SOURCE": src_path.name,
+                "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)),
+                **options.extra_tags,
             }
             threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
-            profile = output_profile(src, count, scale, info.nodata, options.compress, options.block_size,
-                                     bigtiff, threads, info.georeferenced)
+            profile = output_profile(
+                src,
+                count,
+                scale,
+                info.nodata,
+                options.compress,
+                options.block_size,
+                bigtiff,
+                threads,
+                info.georeferenced,
+            )
             crs_wkt = src.crs.to_wkt() if src.crs else ""
             temp.create()
             with GdalErrors.watch("writing the output"):
@@ -303,10 +372,30 @@ def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], 
                     raise EngineError(f"cannot create the output ({one_line(exc, 200)})") from None
                 with dst:
                     copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                    skipped = _compute_and_write(client, spec, plan, info, radiometry, stats, batch, options,
-                                                 resources, dst, futures, progress, cancel, t0)
-        temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff,
-                    (plan.out_width, plan.out_height, count, info.dtype))
+                    skipped = _compute_and_write(
+                        client,
+                        spec,
+                        plan,
+                        info,
+                        radiometry,
+                        stats,
+                        batch,
+                        options,
+                        resources,
+                        dst,
+                        futures,
+                        progress,
+                        cancel,
+                        t0,
+                    )
+        temp.finish(
+            options.overviews,
+            options.cog,
+            options.compress,
+            options.block_size,
+            bigtiff,
+            (plan.out_width, plan.out_height, count, info.dtype),
+        )
     except EngineError as exc:
         _cancel(client, futures)
         temp.discard()
@@ -321,11 +410,23 @@ def _run(cluster: Cluster, spec: ModelSpec, workers: dict[str, dict[str, Any]], 
     if progress:
         progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
     return UpscaleReport(
-        input=str(src_path), output=str(dst_path), input_size=(info.width, info.height),
-        output_size=(plan.out_width, plan.out_height), scale=scale, bands=info.bands, dtype=info.dtype,
-        crs=crs_wkt, georeferenced=info.georeferenced, model=first["model"],
-        device=cluster.summary(), tiles=len(plan), tiles_skipped=skipped,
-        tile_size=plan.tile, overlap=plan.overlap, elapsed_s=elapsed, radiometry=radiometry.describe(),
+        input=str(src_path),
+        output=str(dst_path),
+        input_size=(info.width, info.height),
+        output_size=(plan.out_width, plan.out_height),
+        scale=scale,
+        bands=info.bands,
+        dtype=info.dtype,
+        crs=crs_wkt,
+        georeferenced=info.georeferenced,
+        model=first["model"],
+        device=cluster.summary(),
+        tiles=len(plan),
+        tiles_skipped=skipped,
+        tile_size=plan.tile,
+        overlap=plan.overlap,
+        elapsed_s=elapsed,
+        radiometry=radiometry.describe(),
         workers=[f"{a} ({w['device']})" for a, w in cluster.workers.items()],
     )
 
@@ -336,9 +437,22 @@ def _cancel(client: Any, futures: set[Any]) -> None:
         client.cancel(list(futures), force=True)
 
 
-def _compute_and_write(client: Any, spec: ModelSpec, plan: Any, info: Any, radiometry: Any, stats: list[Any],
-                       batch: int, options: UpscaleOptions, resources: Any, dst: Any, futures: set[Any],
-                       progress: Any, cancel: Any, t0: float) -> int:
+def _compute_and_write(
+    client: Any,
+    spec: ModelSpec,
+    plan: Any,
+    info: Any,
+    radiometry: Any,
+    stats: list[Any],
+    batch: int,
+    options: UpscaleOptions,
+    resources: Any,
+    dst: Any,
+    futures: set[Any],
+    progress: Any,
+    cancel: Any,
+    t0: float,
+) -> int:
     """Submit regions (a bounded number ahead of the writer) and seams; write what comes back.
 
     ``futures`` holds the futures this client still needs (for cancelling them): a region's
@@ -369,8 +483,9 @@ def _compute_and_write(client: Any, spec: ModelSpec, plan: Any, info: Any, radio
             seam = seams[s]
             if len(parts[s]) == len(seam.regions):
                 ordered = [parts[s][i] for i in seam.regions]
-                sf = client.submit(finish_seam, plan, info, radiometry, seam, *ordered, pure=False,
-                                   priority=1)
+                sf = client.submit(
+                    finish_seam, plan, info, radiometry, seam, *ordered, pure=False, priority=1
+                )
                 futures.add(sf)
                 futures.difference_update(ordered)
                 pending[sf] = "seam"

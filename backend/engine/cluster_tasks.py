@@ -50,8 +50,9 @@ def worker_model(spec: ModelSpec) -> tuple[SuperResolver, str]:
         if spec not in _MODELS:
             from backend.engine.model import resolve_model
 
-            options = UpscaleOptions(weights=spec.weights, scale=spec.scale, device=spec.device,
-                                     precision=spec.precision)
+            options = UpscaleOptions(
+                weights=spec.weights, scale=spec.scale, device=spec.device, precision=spec.precision
+            )
             _MODELS[spec] = resolve_model(None, options)
         return _MODELS[spec]
 
@@ -61,15 +62,22 @@ def model_info(spec: ModelSpec) -> dict[str, Any]:
     network's size multiple, width, receptive margin, colour match, device."""
     resolver, name = worker_model(spec)
     return {
-        "host": socket.gethostname(), "pid": os.getpid(), "model": name, "scale": resolver.scale,
-        "multiple": resolver.multiple, "vae_channels": resolver.model.config.vae_channels,
-        "margin": resolver.receptive_margin, "color_match": bool(getattr(resolver, "color_match", True)),
-        "device": resolver.description, "device_type": resolver.device.type,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "model": name,
+        "scale": resolver.scale,
+        "multiple": resolver.multiple,
+        "vae_channels": resolver.model.config.vae_channels,
+        "margin": resolver.receptive_margin,
+        "color_match": bool(getattr(resolver, "color_match", True)),
+        "device": resolver.description,
+        "device_type": resolver.device.type,
     }
 
 
-def color_stats(spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry,
-                stat_windows: int, batch: int) -> list[ColorStats]:
+def color_stats(
+    spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry, stat_windows: int, batch: int
+) -> list[ColorStats]:
     """The global colour-match statistics, as the local engine computes them."""
     from backend.engine.model import ModelStep
     from backend.engine.run import _estimate_stats
@@ -124,7 +132,8 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
                         s = seam_of.get((block.row, block.col))
                         if s is not None:
                             out[s].setdefault((block.row, block.col), []).append(
-                                contribution(plan, window, values, weight, block))
+                                contribution(plan, window, values, weight, block)
+                            )
                 for block, blended in blender.add(window, values):
                     finished.append(finish_block(plan, info, job.radiometry, reader, block, blended))
     out.update(finished=finished, tiles=len(windows), skipped=skipped)
@@ -138,8 +147,13 @@ def pick(result: dict[Any, Any], key: Any) -> Any:
     return result[key]
 
 
-def finish_seam(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, seam: Seam,
-                *parts: dict[tuple[int, int], list[Piece]]) -> list[FinishedBlock]:
+def finish_seam(
+    plan: TilePlan,
+    info: SourceInfo,
+    radiometry: Radiometry,
+    seam: Seam,
+    *parts: dict[tuple[int, int], list[Piece]],
+) -> list[FinishedBlock]:
     """Blend and finish a seam's blocks from the pieces of the regions around it."""
     from backend.engine.run import GDAL_CACHE_MB
 
@@ -153,8 +167,9 @@ def finish_seam(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, seam: 
     return done
 
 
-def upscale_file(spec: ModelSpec, input: str, output: str, options: UpscaleOptions,
-                 cancel_event: str | None = None) -> dict[str, Any]:
+def upscale_file(
+    spec: ModelSpec, input: str, output: str, options: UpscaleOptions, cancel_event: str | None = None
+) -> dict[str, Any]:
     """One file of a batch, on this worker with its cached model: the local engine.
 
     ``cancel_event``: the name of a Dask Event the client sets on Ctrl-C; polled at most

@@ -24,10 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("input", help="input raster (GeoTIFF or any raster GDAL reads)")
     add("output", help="output GeoTIFF (.tif); written beside as a temporary file, then renamed")
     add_run_arguments(parser)
-    add("--all-bands", action="store_true",
-        help="every band in groups of three (non-visible bands are out of distribution)")
-    add("--batch-size", type=int, default=None,
-        help="tiles per model call (default: 4 on a GPU, 1 on the CPU)")
+    add(
+        "--all-bands",
+        action="store_true",
+        help="every band in groups of three (non-visible bands are out of distribution)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per model call (default: 4 on a GPU, 1 on the CPU)",
+    )
     add("--nodata", type=float, help="treat this input value as nodata (overrides the file)")
 
 
@@ -39,15 +46,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")
     add("--scale", type=int, choices=(2, 4, 8), help="scale factor (default: from the weights)")
     add("--bands", help="1-based input bands, e.g. 4,3,2 (default: RGB, else the first three)")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto; on a cluster each "
-        "worker picks its own)")
-    add("--precision", default="auto", choices=PRECISIONS,
-        help="compute precision (default: auto = fastest within 1%% of fp32)")
-    add("--tile-size", type=int, help="tile size in input pixels (default: the largest that fits the "
+    add(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda or cuda:N (default: auto; on a cluster each worker picks its own)",
+    )
+    add(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="compute precision (default: auto = fastest within 1%% of fp32)",
+    )
+    add(
+        "--tile-size",
+        type=int,
+        help="tile size in input pixels (default: the largest that fits the "
         "memory of the paper student's 768-pixel tiles in fours, at most 2048 output pixels on a GPU "
-        "and 1280 on the CPU)")
-    add("--overlap", type=int, help="tile overlap in input pixels (default: twice the weights' measured "
-        "receptive margin, at least 64 output pixels; 128 output pixels when they record none)")
+        "and 1280 on the CPU)",
+    )
+    add(
+        "--overlap",
+        type=int,
+        help="tile overlap in input pixels (default: twice the weights' measured "
+        "receptive margin, at least 64 output pixels; 128 output pixels when they record none)",
+    )
     add("--cog", action="store_true", help="write Cloud Optimized GeoTIFF output")
     add("--overviews", action="store_true", help="build internal overviews (average)")
     add("--quiet", action="store_true", help="no progress bar")
@@ -57,13 +79,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """--scheduler and the options that go with it (shared with upscale-batch)."""
     add = parser.add_argument
-    add("--scheduler", default=os.environ.get("SLIMDIFFSR_SCHEDULER") or None,
+    add(
+        "--scheduler",
+        default=os.environ.get("SLIMDIFFSR_SCHEDULER") or None,
         help="run on a Dask cluster: tcp://HOST:PORT of its scheduler, or local:N for N local worker "
-        "processes (default: $SLIMDIFFSR_SCHEDULER, else this machine); see docs/cluster.md")
-    add("--region-tiles", type=int, help="on a cluster: tiles per region side, one task each (default: "
-        "regions of about 2048 output pixels)")
-    add("--task-resources", default="", help="on a cluster: resources each task needs, e.g. GPU=1 for "
-        "workers started with --resources GPU=1")
+        "processes (default: $SLIMDIFFSR_SCHEDULER, else this machine); see docs/cluster.md",
+    )
+    add(
+        "--region-tiles",
+        type=int,
+        help="on a cluster: tiles per region side, one task each (default: "
+        "regions of about 2048 output pixels)",
+    )
+    add(
+        "--task-resources",
+        default="",
+        help="on a cluster: resources each task needs, e.g. GPU=1 for workers started with --resources GPU=1",
+    )
 
 
 def parse_resources(text: str) -> dict[str, float]:
@@ -74,8 +106,10 @@ def parse_resources(text: str) -> dict[str, float]:
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            print(f"error: --task-resources {text!r}: write NAME=NUMBER[,NAME=NUMBER], e.g. GPU=1",
-                  file=sys.stderr)
+            print(
+                f"error: --task-resources {text!r}: write NAME=NUMBER[,NAME=NUMBER], e.g. GPU=1",
+                file=sys.stderr,
+            )
             raise SystemExit(2) from None
     return out
 
@@ -102,10 +136,20 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     from backend.signals import StopRequest
 
     options = UpscaleOptions(
-        weights=args.weights, scale=args.scale, bands=args.bands, all_bands=args.all_bands,
-        device=args.device, precision=args.precision, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch_size, nodata=args.nodata, cog=args.cog, overviews=args.overviews,
-        scheduler=args.scheduler, region_tiles=args.region_tiles,
+        weights=args.weights,
+        scale=args.scale,
+        bands=args.bands,
+        all_bands=args.all_bands,
+        device=args.device,
+        precision=args.precision,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        nodata=args.nodata,
+        cog=args.cog,
+        overviews=args.overviews,
+        scheduler=args.scheduler,
+        region_tiles=args.region_tiles,
         task_resources=parse_resources(args.task_resources),
     )
     bar = None
@@ -124,8 +168,15 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         # Ctrl-C / SIGTERM stop the run after the current batch (the engine then removes its
         # temporary output); a second Ctrl-C stops at once.
         with StopRequest(force_on_repeat=True) as stop:
-            report = upscale_raster(args.input, args.output, None, options, progress=on_progress,
-                                    cancel=lambda: bool(stop), log=lambda m: print(m, file=sys.stderr))
+            report = upscale_raster(
+                args.input,
+                args.output,
+                None,
+                options,
+                progress=on_progress,
+                cancel=lambda: bool(stop),
+                log=lambda m: print(m, file=sys.stderr),
+            )
     except (Cancelled, KeyboardInterrupt):
         _close(bar)
         print("cancelled; nothing was written", file=sys.stderr)
@@ -136,20 +187,27 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         return exit_code(exc), ""
     except MemoryError:
         _close(bar)
-        print("error: the computer ran out of memory; lower --tile-size or --batch-size, or close other "
-              "programs", file=sys.stderr)
+        print(
+            "error: the computer ran out of memory; lower --tile-size or --batch-size, or close other "
+            "programs",
+            file=sys.stderr,
+        )
         return EXIT_FAILED, ""
     except Exception as exc:  # a bug: still one line, with what to report
         _close(bar)
         detail = one_line(exc) or "no detail"
-        print(f"error: unexpected {type(exc).__name__}: {detail} (please report this with the command "
-              "you ran)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {detail} (please report this with the command you ran)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED, ""
     _close(bar)
     w, h = report.output_size
     geo = "" if report.georeferenced else ", no georeferencing (the input has none)"
-    return EXIT_OK, (f"wrote {report.output} ({w}x{h}, {len(report.bands)} band(s), x{report.scale}, "
-                     f"{report.tiles} tiles, {report.device}, {report.elapsed_s:.1f} s{geo})")
+    return EXIT_OK, (
+        f"wrote {report.output} ({w}x{h}, {len(report.bands)} band(s), x{report.scale}, "
+        f"{report.tiles} tiles, {report.device}, {report.elapsed_s:.1f} s{geo})"
+    )
 
 
 def _distinct(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -34,8 +34,14 @@ def keeps_non_finite(info: SourceInfo) -> bool:
     return info.mask == "none" and np.dtype(info.dtype).kind == "f"
 
 
-def finish_block(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, masks: TileReader, block: Block,
-                 blended: np.ndarray) -> FinishedBlock:
+def finish_block(
+    plan: TilePlan,
+    info: SourceInfo,
+    radiometry: Radiometry,
+    masks: TileReader,
+    block: Block,
+    blended: np.ndarray,
+) -> FinishedBlock:
     """Convert ``blended`` ([bands, h, w] float32) to the output's type and masks; ``masks``
     reads the input under the block (validity, alpha, non-finite values)."""
     s = plan.scale
@@ -52,8 +58,14 @@ def finish_block(plan: TilePlan, info: SourceInfo, radiometry: Radiometry, masks
     return FinishedBlock(block.row, block.col, values, alpha, mask)
 
 
-def _carry_non_finite(values: np.ndarray, data_lr: np.ndarray, valid: np.ndarray, scale: int, block: Block,
-                      origin: tuple[int, int]) -> None:
+def _carry_non_finite(
+    values: np.ndarray,
+    data_lr: np.ndarray,
+    valid: np.ndarray,
+    scale: int,
+    block: Block,
+    origin: tuple[int, int],
+) -> None:
     """Put the input's NaN/inf values (nearest, per band) where the output is invalid."""
     up = upsample_nearest(data_lr, scale, block, origin)
     invalid = ~valid

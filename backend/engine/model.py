@@ -99,8 +99,7 @@ class ModelStep:
                 sr = sr + self.resolver.upsample(torch.from_numpy(excess) * 2).to(sr.device)
         except torch.OutOfMemoryError:
             raise EngineError(
-                f"the device ran out of memory on a batch of {n} tiles; "
-                "use a smaller batch size or tile size"
+                f"the device ran out of memory on a batch of {n} tiles; use a smaller batch size or tile size"
             ) from None
         except InferenceError as exc:
             raise EngineError(str(exc)) from None

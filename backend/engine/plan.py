@@ -219,9 +219,7 @@ class TilePlan:
         s, b = self.scale, self.block
         y0, y1 = s * window.row_off, s * (window.row_off + window.height)
         x0, x1 = s * window.col_off, s * (window.col_off + window.width)
-        return [
-            self.block_at(r, c) for r in range(y0 // b, -(-y1 // b)) for c in range(x0 // b, -(-x1 // b))
-        ]
+        return [self.block_at(r, c) for r in range(y0 // b, -(-y1 // b)) for c in range(x0 // b, -(-x1 // b))]
 
     def windows_of(self, block: Block) -> list[int]:
         """Indexes of the windows a block must wait for before it can be finalized."""

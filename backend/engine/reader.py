@@ -89,8 +89,11 @@ def check_nodata(value: float, dtype: str) -> None:
     elif dt.kind == "f" and np.isfinite(value) and abs(value) > np.finfo(dt).max:
         problem = f"{dtype} pixels cannot exceed {np.finfo(dt).max:.4g} in magnitude"
     if problem:
-        raise EngineError(f"nodata value {value:g} cannot occur in this raster ({problem}); give a value "
-                          "the data type can hold, or none", "input")
+        raise EngineError(
+            f"nodata value {value:g} cannot occur in this raster ({problem}); give a value "
+            "the data type can hold, or none",
+            "input",
+        )
 
 
 def _representable(value: float | None, dtype: str) -> bool:
@@ -103,8 +106,9 @@ def _representable(value: float | None, dtype: str) -> bool:
     return True
 
 
-def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: bool,
-                   nodata: float | None) -> SourceInfo:
+def inspect_source(
+    path: Path, bands: str | tuple[int, ...] | None, all_bands: bool, nodata: float | None
+) -> SourceInfo:
     """Open and validate the input; raise EngineError with a one-line reason."""
     if not path.exists():
         raise EngineError(f"input not found: {path}; check the path")
@@ -154,14 +158,16 @@ def inspect_source(path: Path, bands: str | tuple[int, ...] | None, all_bands: b
             kind = "mask"
         else:
             kind = "none"
-        georeferenced = (src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
-                         or bool(src.rpcs))
+        georeferenced = (
+            src.crs is not None or not src.transform.is_identity or bool(src.gcps[0]) or bool(src.rpcs)
+        )
         try:
             files = tuple(src.files)
         except (RasterioError, AttributeError):
             files = (str(path),)
-        return SourceInfo(path, src.width, src.height, src.count, dtype, nd, chosen, alpha, kind, files,
-                          georeferenced)
+        return SourceInfo(
+            path, src.width, src.height, src.count, dtype, nd, chosen, alpha, kind, files, georeferenced
+        )
 
 
 class TileReader:
@@ -190,8 +196,9 @@ class TileReader:
             raise RuntimeError("TileReader used outside its context")
         return self._src
 
-    def read_window(self, row_off: int, col_off: int, height: int, width: int,
-                    out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_window(
+        self, row_off: int, col_off: int, height: int, width: int, out_shape: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(data of the selected bands [n, h, w], valid [h, w] bool)."""
         win = RioWindow(col_off, row_off, width, height)
         kw = {}
@@ -290,7 +297,9 @@ class TileReader:
         if not valid.any():
             raise EngineError(
                 f"{info.path.name} has no valid pixel in the selected bands (all nodata or not finite); "
-                "nothing to super-resolve: check the nodata value and the bands", "input")
+                "nothing to super-resolve: check the nodata value and the bands",
+                "input",
+            )
         groups = []
         for bands, slots in group_bands(info.bands):
             samples = data[list(slots)][:, valid].astype(np.float64).ravel()

@@ -61,10 +61,14 @@ def split_plan(plan: TilePlan, region_tiles: int) -> tuple[list[Region], list[Se
         windows[region_of(w)].append(w)
     own: list[list[tuple[int, int]]] = [[] for _ in range(n_regions)]
     seam_blocks: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    rows = [plan.rows.touching(plan.block_at(br, 0).y0, plan.block_at(br, 0).y0 + plan.block_at(br, 0).height)
-            for br in range(plan.block_grid[0])]
-    cols = [plan.cols.touching(plan.block_at(0, bc).x0, plan.block_at(0, bc).x0 + plan.block_at(0, bc).width)
-            for bc in range(plan.block_grid[1])]
+    rows = [
+        plan.rows.touching(plan.block_at(br, 0).y0, plan.block_at(br, 0).y0 + plan.block_at(br, 0).height)
+        for br in range(plan.block_grid[0])
+    ]
+    cols = [
+        plan.cols.touching(plan.block_at(0, bc).x0, plan.block_at(0, bc).x0 + plan.block_at(0, bc).width)
+        for bc in range(plan.block_grid[1])
+    ]
     for br, wrows in enumerate(rows):
         rrows = sorted({r // k for r in wrows})
         for bc, wcols in enumerate(cols):
@@ -78,6 +82,9 @@ def split_plan(plan: TilePlan, region_tiles: int) -> tuple[list[Region], list[Se
     for s in seams:
         for r in s.regions:
             of_region[r].append(s.index)
-    regions = [Region(i, tuple(windows[i]), tuple(own[i]), tuple(of_region[i])) for i in range(n_regions)
-               if windows[i]]
+    regions = [
+        Region(i, tuple(windows[i]), tuple(own[i]), tuple(of_region[i]))
+        for i in range(n_regions)
+        if windows[i]
+    ]
     return regions, seams

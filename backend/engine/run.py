@@ -85,9 +85,15 @@ def max_tile_out(device: torch.device) -> int:
     return MAX_TILE_OUT if device.type == "cuda" else MAX_TILE_OUT_CPU
 
 
-def default_tile(scale: int, full_res_width: int = FULL_RES_WIDTH, batch: int = DEFAULT_BATCH,
-                 out_width: int | None = None, bands: int = 3, block: int = 512,
-                 max_side: int = MAX_TILE_OUT) -> int:
+def default_tile(
+    scale: int,
+    full_res_width: int = FULL_RES_WIDTH,
+    batch: int = DEFAULT_BATCH,
+    out_width: int | None = None,
+    bands: int = 3,
+    block: int = 512,
+    max_side: int = MAX_TILE_OUT,
+) -> int:
     """Default tile in input pixels: the largest one whose full-resolution activations
     (side^2 x width x batch) stay within those of the paper's student at 768 px x 4, and
     whose strip of blend accumulators across the output (side + block rows x ``out_width``
@@ -167,15 +173,24 @@ def upscale_raster(
         batch = options.batch_size or default_batch(resolver.device)
         width = resolver.model.config.vae_channels
         tile = options.tile_size or default_tile(
-            scale, width, batch, info.width * scale, len(info.bands), options.block_size,
+            scale,
+            width,
+            batch,
+            info.width * scale,
+            len(info.bands),
+            options.block_size,
             max_tile_out(resolver.device),
         )
-        overlap = options.overlap if options.overlap is not None else default_overlap(
-            scale, resolver.receptive_margin
+        overlap = (
+            options.overlap
+            if options.overlap is not None
+            else default_overlap(scale, resolver.receptive_margin)
         )
         if tile < 8 or overlap < 0:
-            raise EngineError(f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
-                              "pixels and an overlap of 0 or more")
+            raise EngineError(
+                f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
+                "pixels and an overlap of 0 or more"
+            )
         try:
             plan = make_plan(
                 info.width, info.height, scale, tile, overlap, resolver.multiple, options.block_size
@@ -207,8 +222,17 @@ def upscale_raster(
                     **options.extra_tags,
                 }
                 threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
-                profile = output_profile(src, count, scale, info.nodata, options.compress,
-                                         options.block_size, bigtiff, threads, info.georeferenced)
+                profile = output_profile(
+                    src,
+                    count,
+                    scale,
+                    info.nodata,
+                    options.compress,
+                    options.block_size,
+                    bigtiff,
+                    threads,
+                    info.georeferenced,
+                )
                 crs_wkt = src.crs.to_wkt() if src.crs else ""
                 temp.create()
                 with GdalErrors.watch("writing the output"):
@@ -220,10 +244,17 @@ def upscale_raster(
                         ) from None
                     with dst:
                         copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                        tiles_skipped = _execute(plan, info, step, dst, cache, options, batch, progress,
-                                                 cancel, t0)
-            temp.finish(options.overviews, options.cog, options.compress, options.block_size, bigtiff,
-                        (plan.out_width, plan.out_height, count, info.dtype))
+                        tiles_skipped = _execute(
+                            plan, info, step, dst, cache, options, batch, progress, cancel, t0
+                        )
+            temp.finish(
+                options.overviews,
+                options.cog,
+                options.compress,
+                options.block_size,
+                bigtiff,
+                (plan.out_width, plan.out_height, count, info.dtype),
+            )
         except EngineError as exc:
             temp.discard()
             if exc.stage is None:
@@ -231,8 +262,11 @@ def upscale_raster(
             raise
         except MemoryError:
             temp.discard()
-            raise EngineError("the computer ran out of memory; lower the tile size or the batch size, or "
-                              "close other programs. The previous output, if any, was kept", "run") from None
+            raise EngineError(
+                "the computer ran out of memory; lower the tile size or the batch size, or "
+                "close other programs. The previous output, if any, was kept",
+                "run",
+            ) from None
         except BaseException:
             temp.discard()
             raise
@@ -240,11 +274,22 @@ def upscale_raster(
     if progress:
         progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
     return UpscaleReport(
-        input=str(src_path), output=str(dst_path), input_size=(info.width, info.height),
-        output_size=(plan.out_width, plan.out_height), scale=scale, bands=info.bands, dtype=info.dtype,
-        crs=crs_wkt, georeferenced=info.georeferenced, model=model_name, device=resolver.description,
+        input=str(src_path),
+        output=str(dst_path),
+        input_size=(info.width, info.height),
+        output_size=(plan.out_width, plan.out_height),
+        scale=scale,
+        bands=info.bands,
+        dtype=info.dtype,
+        crs=crs_wkt,
+        georeferenced=info.georeferenced,
+        model=model_name,
+        device=resolver.description,
         tiles=len(plan),
-        tiles_skipped=tiles_skipped, tile_size=plan.tile, overlap=plan.overlap, elapsed_s=elapsed,
+        tiles_skipped=tiles_skipped,
+        tile_size=plan.tile,
+        overlap=plan.overlap,
+        elapsed_s=elapsed,
         radiometry=radiometry.describe(),
     )
 
@@ -257,8 +302,14 @@ def _sample_order(n: int, k: int) -> Iterator[int]:
     yield from (i for i in range(n) if i not in chosen)
 
 
-def _estimate_stats(plan: TilePlan, info: SourceInfo, step: ModelStep, options: UpscaleOptions,
-                    batch_size: int, cancel: CancelFn | None) -> dict[int, torch.Tensor]:
+def _estimate_stats(
+    plan: TilePlan,
+    info: SourceInfo,
+    step: ModelStep,
+    options: UpscaleOptions,
+    batch_size: int,
+    cancel: CancelFn | None,
+) -> dict[int, torch.Tensor]:
     """Run the model on a few valid windows; keep their raw outputs for the main pass.
 
     Weights that ship without colour match (``color_match: false``) need no statistics.
@@ -327,9 +378,18 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
-def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache: dict[int, torch.Tensor],
-             options: UpscaleOptions, batch_size: int, progress: ProgressFn | None, cancel: CancelFn | None,
-             t0: float) -> int:
+def _execute(
+    plan: TilePlan,
+    info: SourceInfo,
+    step: ModelStep,
+    dst: Any,
+    cache: dict[int, torch.Tensor],
+    options: UpscaleOptions,
+    batch_size: int,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+    t0: float,
+) -> int:
     """Main pass: reader thread -> model (this thread) -> writer thread. Returns skipped tiles."""
     stop = threading.Event()
     inbox: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch_batches))
@@ -408,8 +468,9 @@ def _execute(plan: TilePlan, info: SourceInfo, step: ModelStep, dst: Any, cache:
             t.join(timeout=30)
 
 
-def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]
-               ) -> list[tuple[Window, np.ndarray | None]]:
+def _run_batch(
+    step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]
+) -> list[tuple[Window, np.ndarray | None]]:
     todo = [t for t in batch if t.lr is not None]
     raw: dict[int, torch.Tensor] = {}
     if todo:
@@ -422,5 +483,3 @@ def _run_batch(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.T
             r = raw.get(t.window.index)
         out.append((t.window, None if r is None else step.finish(r)))
     return out
-
-

@@ -129,9 +129,17 @@ file 6 % larger (51.9 MB against 48.9 MB; 100.7 MB uncompressed). DEFLATE rather
 slightly faster ZSTD because every GIS reads it."""
 
 
-def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodata: float | None,
-                   compress: str, block: int, bigtiff: bool, threads: str,
-                   georeferenced: bool = True) -> dict[str, Any]:
+def output_profile(
+    src: rasterio.io.DatasetReader,
+    count: int,
+    scale: int,
+    nodata: float | None,
+    compress: str,
+    block: int,
+    bigtiff: bool,
+    threads: str,
+    georeferenced: bool = True,
+) -> dict[str, Any]:
     """The output's creation options. Without georeferencing in the input the output gets
     none either (GDAL would otherwise record a made-up pixel grid at the origin)."""
     dtype = src.dtypes[0]
@@ -163,8 +171,13 @@ def output_profile(src: rasterio.io.DatasetReader, count: int, scale: int, nodat
     return profile
 
 
-def copy_metadata(src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter, bands: tuple[int, ...],
-                  alpha: int | None, provenance: dict[str, str]) -> None:
+def copy_metadata(
+    src: rasterio.io.DatasetReader,
+    dst: rasterio.io.DatasetWriter,
+    bands: tuple[int, ...],
+    alpha: int | None,
+    provenance: dict[str, str],
+) -> None:
     """Band descriptions, colour interpretation, units, scales/offsets and tags, plus provenance."""
     out_bands = [*bands, *([alpha] if alpha else [])]
     ci = [src.colorinterp[b - 1] for b in bands]
@@ -260,8 +273,9 @@ def write_failure(what: str, messages: list[str]) -> EngineError:
     reason = next((r for r in reasons if "space" in r.lower() or "quota" in r.lower()), reasons[0])
     full = "space" in reason.lower() or "quota" in reason.lower()
     hint = "free disk space or choose another folder" if full else "check the disk and the output folder"
-    return EngineError(f"{what} failed ({one_line(reason, 160)}); {hint}. The previous output, if any, "
-                       "was kept", "run")
+    return EngineError(
+        f"{what} failed ({one_line(reason, 160)}); {hint}. The previous output, if any, was kept", "run"
+    )
 
 
 PART_PATTERN = r"\.{stem}\.(?P<token>[0-9a-f]{{8}})\.part(?:\..*)?"
@@ -349,8 +363,11 @@ class TempOutput:
                 self.path = self.target.with_name(f".{self.target.stem}.{self.token}.part.tif")
                 continue
             except OSError as exc:
-                raise EngineError(f"cannot create the output in {self.target.parent} ({exc.strerror}); "
-                                  "choose a writable folder with free space", "run") from None
+                raise EngineError(
+                    f"cannot create the output in {self.target.parent} ({exc.strerror}); "
+                    "choose a writable folder with free space",
+                    "run",
+                ) from None
             if fcntl is None:
                 self._lock_fd = fd
                 return
@@ -372,8 +389,11 @@ class TempOutput:
     def _own_files(self) -> list[Path]:
         files = [self.path, *self._extra]
         for p in list(files):
-            files += [p.with_name(p.name + ".aux.xml"), p.with_name(p.name + ".ovr"),
-                      p.with_name(p.name + ".msk")]
+            files += [
+                p.with_name(p.name + ".aux.xml"),
+                p.with_name(p.name + ".ovr"),
+                p.with_name(p.name + ".msk"),
+            ]
         return files
 
     def discard(self) -> None:
@@ -387,8 +407,15 @@ class TempOutput:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def finish(self, overviews: bool, cog: bool, compress: str, block: int, bigtiff: bool,
-               expect: tuple[int, int, int, str]) -> None:
+    def finish(
+        self,
+        overviews: bool,
+        cog: bool,
+        compress: str,
+        block: int,
+        bigtiff: bool,
+        expect: tuple[int, int, int, str],
+    ) -> None:
         """Verify, add overviews and the COG layout, verify again, then rename over the target.
 
         ``expect`` = (width, height, count, dtype) of the output. Every GDAL step is watched
@@ -408,8 +435,13 @@ class TempOutput:
                 final = self.side_file(".cog.tif")
                 with GdalErrors.watch("writing the COG"):
                     rasterio.shutil.copy(
-                        self.path, final, driver="COG", compress=compress or "deflate", blocksize=block,
-                        overviews="FORCE_USE_EXISTING", bigtiff="YES" if bigtiff else "IF_SAFER",
+                        self.path,
+                        final,
+                        driver="COG",
+                        compress=compress or "deflate",
+                        blocksize=block,
+                        overviews="FORCE_USE_EXISTING",
+                        bigtiff="YES" if bigtiff else "IF_SAFER",
                         num_threads="ALL_CPUS",
                     )
                 verify_tiff(final, expect, block, overviews=True)
@@ -417,15 +449,21 @@ class TempOutput:
             raise
         except (RasterioError, TypeError, ValueError, OSError) as exc:
             # rasterio raises TypeError for a file it cannot recognise (a damaged temporary file)
-            raise EngineError(f"finishing the output failed ({one_line(exc, 200)}); free disk space or "
-                              "choose another folder. The previous output, if any, was kept", "run") from None
+            raise EngineError(
+                f"finishing the output failed ({one_line(exc, 200)}); free disk space or "
+                "choose another folder. The previous output, if any, was kept",
+                "run",
+            ) from None
         try:
             _fsync(final)
             os.replace(final, self.target)
             _fsync(self.target.parent)
         except OSError as exc:
-            raise EngineError(f"cannot put the output in place at {self.target} ({exc.strerror}); "
-                              "the previous output, if any, was kept", "run") from None
+            raise EngineError(
+                f"cannot put the output in place at {self.target} ({exc.strerror}); "
+                "the previous output, if any, was kept",
+                "run",
+            ) from None
         self.discard()
 
 
@@ -455,8 +493,10 @@ def verify_tiff(path: Path, expect: tuple[int, int, int, str], block: int, overv
         size = path.stat().st_size
         with GdalErrors.watch("checking the output"), rasterio.open(path) as ds:
             if (ds.width, ds.height, ds.count, ds.dtypes[0]) != (width, height, count, dtype):
-                problem = (f"it is {ds.width}x{ds.height}x{ds.count} {ds.dtypes[0]}, expected "
-                           f"{width}x{height}x{count} {dtype}")
+                problem = (
+                    f"it is {ds.width}x{ds.height}x{ds.count} {ds.dtypes[0]}, expected "
+                    f"{width}x{height}x{count} {dtype}"
+                )
             else:
                 bw, bh = ds.block_shapes[0][1], ds.block_shapes[0][0]
                 nx, ny = -(-width // bw), -(-height // bh)
@@ -470,8 +510,12 @@ def verify_tiff(path: Path, expect: tuple[int, int, int, str], block: int, overv
                     if problem:
                         break
                 if problem is None:
-                    ds.read(1, window=RioWindow((nx - 1) * bw, (ny - 1) * bh,
-                                                width - (nx - 1) * bw, height - (ny - 1) * bh))
+                    ds.read(
+                        1,
+                        window=RioWindow(
+                            (nx - 1) * bw, (ny - 1) * bh, width - (nx - 1) * bw, height - (ny - 1) * bh
+                        ),
+                    )
                 if problem is None and overviews and not ds.overviews(1):
                     problem = "its overviews are missing"
     except EngineError as exc:
@@ -479,8 +523,11 @@ def verify_tiff(path: Path, expect: tuple[int, int, int, str], block: int, overv
     except (RasterioError, TypeError, ValueError, OSError) as exc:
         problem = one_line(exc, 200)
     if problem:
-        raise EngineError(f"the written output is incomplete ({problem}); is the disk full? Free disk "
-                          "space or choose another folder. The previous output, if any, was kept", "run")
+        raise EngineError(
+            f"the written output is incomplete ({problem}); is the disk full? Free disk "
+            "space or choose another folder. The previous output, if any, was kept",
+            "run",
+        )
 
 
 def overview_factors(width: int, height: int, block: int) -> list[int]:
@@ -492,8 +539,13 @@ def overview_factors(width: int, height: int, block: int) -> list[int]:
     return factors or [2]
 
 
-def write_block(dst: rasterio.io.DatasetWriter, block: Block, data: np.ndarray, alpha: np.ndarray | None,
-                mask: np.ndarray | None) -> None:
+def write_block(
+    dst: rasterio.io.DatasetWriter,
+    block: Block,
+    data: np.ndarray,
+    alpha: np.ndarray | None,
+    mask: np.ndarray | None,
+) -> None:
     win = RioWindow(block.x0, block.y0, block.width, block.height)
     n = data.shape[0]
     dst.write(data, indexes=list(range(1, n + 1)), window=win)

@@ -86,8 +86,12 @@ class StudentConfig:
             else:
                 ok = True
             if not ok:
-                kind = {bool: "true or false", int: "a whole number >= 0", float: "a number > 0",
-                        tuple: "a list of whole numbers >= 0"}.get(type(default), "valid")
+                kind = {
+                    bool: "true or false",
+                    int: "a whole number >= 0",
+                    float: "a number > 0",
+                    tuple: "a list of whole numbers >= 0",
+                }.get(type(default), "valid")
                 raise ValueError(f"architecture field {f.name} is {value!r}; it must be {kind}")
         if any(c <= 0 for c in self.unet_channels) or self.norm_groups <= 0 or self.vae_channels <= 0:
             raise ValueError("channel counts and norm_groups must be positive")

@@ -36,8 +36,9 @@ def pick_runtime(requested: str = "auto") -> str | None:
 class CpuRuntimePath:
     """fp32 and int8 networks of one student in one runtime, with the CPU's physical cores."""
 
-    def __init__(self, model: SlimDiffSRStudent, runtime: str, cache: Path | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, model: SlimDiffSRStudent, runtime: str, cache: Path | None = None, threads: int | None = None
+    ) -> None:
         self.model = model
         self.runtime = runtime
         self.threads = threads or cpu_info().physical_cores

@@ -47,10 +47,13 @@ class OpenVinoNetwork:
             model = core.read_model(model=graph, weights=b"")
         else:
             model = core.read_model(str(graph))
-        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
-                  # keep fp32 wherever the graph is fp32: bf16 is chosen by the accuracy probe,
-                  # not by the plugin's default for this CPU
-                  "INFERENCE_PRECISION_HINT": "f32"}
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+            # keep fp32 wherever the graph is fp32: bf16 is chosen by the accuracy probe,
+            # not by the plugin's default for this CPU
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
         self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         self.name = "openvino"

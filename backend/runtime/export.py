@@ -78,10 +78,18 @@ def export_onnx(model: SlimDiffSRStudent, path: Path) -> Path:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about Python values taken as constants
             torch.onnx.export(
-                net, (example,), tmp, input_names=["image"], output_names=["output"],
-                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                              "output": {0: "batch", 2: "height", 3: "width"}},
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                net,
+                (example,),
+                tmp,
+                input_names=["image"],
+                output_names=["output"],
+                dynamic_axes={
+                    "image": {0: "batch", 2: "height", 3: "width"},
+                    "output": {0: "batch", 2: "height", 3: "width"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
             )
         os.replace(tmp, path)
     finally:

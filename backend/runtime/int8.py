@@ -72,6 +72,7 @@ def activation_ranges(model: SlimDiffSRStudent, images: Iterable[torch.Tensor]) 
     seen: dict[int, list[float]] = {}
     hooks = []
     for conv in convs:
+
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], key: int = id(conv)) -> None:
             x = inputs[0]
             lo, hi = float(x.min()), float(x.max())
@@ -123,10 +124,18 @@ def quantize_graph(graph: bytes, ranges: dict[str, Range]) -> tuple[bytes, int]:
                 ]
                 x_q, x_dq = f"{tag}_x_q", f"{tag}_x_dq"
                 new_nodes += [
-                    helper.make_node("QuantizeLinear", [node.input[0], f"{tag}_x_scale", f"{tag}_x_zero"],
-                                     [x_q], name=f"{tag}_xq"),
-                    helper.make_node("DequantizeLinear", [x_q, f"{tag}_x_scale", f"{tag}_x_zero"],
-                                     [x_dq], name=f"{tag}_xdq"),
+                    helper.make_node(
+                        "QuantizeLinear",
+                        [node.input[0], f"{tag}_x_scale", f"{tag}_x_zero"],
+                        [x_q],
+                        name=f"{tag}_xq",
+                    ),
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [x_q, f"{tag}_x_scale", f"{tag}_x_zero"],
+                        [x_dq],
+                        name=f"{tag}_xdq",
+                    ),
                 ]
                 w_scale = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(axis=1), 1e-12) / 127.0
                 w_q = np.clip(np.round(w / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
@@ -137,8 +146,13 @@ def quantize_graph(graph: bytes, ranges: dict[str, Range]) -> tuple[bytes, int]:
                 ]
                 w_dq = f"{tag}_w_dq"
                 new_nodes.append(
-                    helper.make_node("DequantizeLinear", [f"{tag}_w_q", f"{tag}_w_scale", f"{tag}_w_zero"],
-                                     [w_dq], name=f"{tag}_wdq", axis=0)
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [f"{tag}_w_q", f"{tag}_w_scale", f"{tag}_w_zero"],
+                        [w_dq],
+                        name=f"{tag}_wdq",
+                        axis=0,
+                    )
                 )
                 node.input[0], node.input[1] = x_dq, w_dq
                 done += 1

@@ -74,7 +74,10 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_steps: int, defa
     )
     o.add_argument("--l1", type=float, default=1.0, dest="l1_weight")
     o.add_argument(
-        "--mse", type=float, default=0.0, dest="mse_weight",
+        "--mse",
+        type=float,
+        default=0.0,
+        dest="mse_weight",
         help="squared error, what PSNR measures (e.g. --l1 0 --mse 1 to fine-tune an L1 model for PSNR)",
     )
     o.add_argument("--ssim", type=float, default=0.0, dest="ssim_weight")

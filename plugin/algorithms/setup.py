@@ -121,8 +121,10 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
         )
         index = QgsProcessingParameterString(
             self.TORCH_INDEX_URL,
-            tr(f"Package index or wheel folder for torch (empty: for the CPU build {TORCH_CPU_INDEX_URL}; "
-               "'-': pip's own)"),
+            tr(
+                f"Package index or wheel folder for torch (empty: for the CPU build {TORCH_CPU_INDEX_URL}; "
+                "'-': pip's own)"
+            ),
             optional=True,
         )
         index.setFlags(index.flags() | QgsProcessingParameterDefinition.FlagAdvanced)

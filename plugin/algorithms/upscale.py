@@ -203,8 +203,10 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
             scheduler=dask_scheduler_setting() or None,
         )
         feedback.pushInfo(
-            tr(f"input: {layer.name()} ({layer.width()}x{layer.height()} pixels, {layer.bandCount()} bands, "
-               f"{layer.crs().authid() or layer.crs().description()})")
+            tr(
+                f"input: {layer.name()} ({layer.width()}x{layer.height()} pixels, {layer.bandCount()} bands, "
+                f"{layer.crs().authid() or layer.crs().description()})"
+            )
         )
         request = {"type": "upscale", "input": source, "output": output, "options": options}
         try:
