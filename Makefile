@@ -40,6 +40,6 @@ test: install train-install
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) -m backend.bench
+	$(PY) -m devtools.bench
 
 -include mk/*.mk

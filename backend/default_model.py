@@ -23,11 +23,11 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
-from backend.engine.margin import edge_profile, receptive_margin
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
+from devtools.margin import edge_profile, receptive_margin
 
 # Eval images are cropped (centre) to at most this many HR pixels a side, to bound time.
 EVAL_MAX_SIDE = 512

@@ -120,7 +120,7 @@ class LoadedWeights:
     @property
     def receptive_margin(self) -> int | None:
         """Output pixels into a tile that still see beyond its edge, measured on this model
-        (``receptive_margin``, see backend/engine/margin.py); None when not recorded."""
+        (``receptive_margin``, measured by devtools/margin.py); None when not recorded."""
         try:
             value = int(self.metadata["receptive_margin"])
         except (KeyError, TypeError, ValueError):

@@ -1,6 +1,6 @@
-# The tiled raster engine's benchmark (included by the main Makefile).
+# The tiled raster engine's benchmark (devtools/bench_engine.py; included by the main Makefile).
 .PHONY: bench-engine
 bench: bench-engine
 
 bench-engine: venv
-	$(PY) -m backend.engine.bench
+	$(PY) -m devtools.bench_engine

@@ -17,6 +17,11 @@ def _shared_dir() -> Path:
     return Path(os.environ.get("SLIMDIFFSR_SHARED", ROOT.parent / "shared")).resolve()
 
 
+# The code under test takes the shared folder from $SLIMDIFFSR_SHARED (the Makefile exports
+# it; devtools never guesses it): a bare pytest run hands it the folder the fixtures use.
+os.environ.setdefault("SLIMDIFFSR_SHARED", str(_shared_dir()))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip: users' machines do not have the project's shared data."""

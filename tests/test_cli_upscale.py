@@ -14,7 +14,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from backend.engine.compact import NANO, write_random_weights
+from devtools.compact import NANO, write_random_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ OPTIONS = UpscaleOptions(tile_size=32, overlap=8, block_size=64, region_tiles=1,
 def tiny_weights(tmp_path_factory) -> Path:
     """The nano member of the student family with seeded random weights: the fastest model
     that still has every module (and colour match, so the statistics task runs too)."""
-    from backend.engine.compact import CONFIGS, write_random_weights
+    from devtools.compact import CONFIGS, write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("weights") / "nano_x4.safetensors", CONFIGS["nano"])
 

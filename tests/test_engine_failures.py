@@ -12,7 +12,7 @@ import rasterio
 from affine import Affine
 
 from backend.engine import EngineCancelled, EngineError, UpscaleOptions, upscale_raster
-from backend.engine.compact import NANO, write_random_weights
+from devtools.compact import NANO, write_random_weights
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from backend.engine import UpscaleOptions, upscale_raster
-from backend.engine.compact import NANO, write_random_weights
+from devtools.compact import NANO, write_random_weights
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.engine.bench import peak_rss
+from devtools.bench_engine import peak_rss
 
 
 def test_peak_rss_does_not_grow_with_raster_size() -> None:

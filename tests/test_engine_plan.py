@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from backend.engine import Blender, make_plan
-from backend.engine.margin import receptive_margin
 from backend.engine.plan import axis_starts, balanced_tile
 from backend.engine.run import default_overlap
+from devtools.margin import receptive_margin
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import rasterio
 from affine import Affine
 
 from backend.engine import UpscaleOptions, make_plan, upscale_raster
-from backend.engine.bench import seam_ratio
-from backend.engine.compact import TINY, write_random_weights
 from backend.inference import SuperResolver
 from backend.weights import load_weights
+from devtools.bench_engine import seam_ratio
+from devtools.compact import TINY, write_random_weights
 
 
 @pytest.fixture()

@@ -28,7 +28,7 @@ import rasterio
 from conftest import fill_disk, folder_state, random_rgb, write_raster
 
 from backend.engine import UpscaleOptions, upscale_raster
-from backend.engine.compact import NANO, write_random_weights
+from devtools.compact import NANO, write_random_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = b"the previous output, which a failed run must not touch"

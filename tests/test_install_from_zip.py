@@ -95,15 +95,13 @@ def test_package_holds_the_plugin_and_backend_only(package: Path) -> None:
         "resources/icon.svg",
     ):
         assert needed in inside, needed
-    for unwanted in ("tests/", "tools/", "mk/", ".ci/", "backend/training/", "docs/images/"):
+    for unwanted in ("tests/", "tools/", "devtools/", "mk/", ".ci/", "backend/training/", "docs/images/"):
         assert not any(n.startswith(unwanted) for n in inside), unwanted
     for unwanted in (
         "Makefile",
         "pyproject.toml",
         "requirements-dev.txt",
         "requirements-train.txt",
-        "backend/bench.py",
-        "backend/engine/bench.py",
         "backend/default_model.py",
     ):
         assert unwanted not in inside, unwanted

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from backend.engine import UpscaleOptions, upscale_raster
-from backend.engine.compact import TINY, write_random_weights
 from backend.inference import SuperResolver
 from backend.model.lr_consistency import MATRIX_MAX_SIDE, enforce_lr_consistency, enlarge, reduce
 from backend.weights import load_weights, save_safetensors
+from devtools.compact import TINY, write_random_weights
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:

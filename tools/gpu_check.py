@@ -4,9 +4,10 @@
    hosts often have torch but no GDAL stack), from ``--wheelhouse`` first, then the index;
    when they still cannot be installed, the timings fall back to the network on the
    engine's tiles (no raster I/O) and say so;
-2. correctness: the bundled default x4 model on real crops (``../shared/data/eval``, else
-   a synthetic image) on ``--device`` at fp32 (TF32 off), fp16 and bf16 against the CPU in
-   fp32 (torch, the reference): max and 99.9th-percentile |difference| in 8-bit DN. A
+2. correctness: the bundled default x4 model on real crops (``data/eval`` of ``--shared``,
+   default $SLIMDIFFSR_SHARED, which the Makefile exports; else a synthetic image) on
+   ``--device`` at fp32 (TF32 off), fp16 and bf16 against the CPU in fp32 (torch, the
+   reference): max and 99.9th-percentile |difference| in 8-bit DN. A
    difference over its limit, or any non-finite value, is a mismatch: the script goes on
    with the timings and exits with status 1 at the end;
 3. speed: ``upscale_raster`` (precision auto) on synthetic uint8 rasters whose outputs are
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -76,39 +76,32 @@ def ensure_packages(wheelhouse: Path | None) -> list[str]:
     return missing
 
 
-def test_images(scale: int, count: int = 3, side: int = 256) -> list:
-    """LR test images HxWx3 in [0, 1]: eval crops reduced x``scale`` when ../shared is here."""
+def test_images(scale: int, shared: Path | None, count: int = 3, side: int = 256) -> list:
+    """LR test images HxWx3 in [0, 1]: eval crops reduced x``scale`` from the shared data
+    folder when there is one (and rasterio), else one synthetic image."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
 
-    shared = Path(os.environ.get("SLIMDIFFSR_SHARED") or ROOT.parent / "shared") / "data" / "eval"
+    from devtools.data import shared_dir, synthetic_image
+
+    folder = shared_dir(shared)
     images = []
-    if shared.is_dir() and importlib.util.find_spec("rasterio") is not None:
-        from backend.bench import eval_pairs
+    if folder and (folder / "data/eval").is_dir() and importlib.util.find_spec("rasterio") is not None:
+        from devtools.bench import eval_pairs
 
-        images = [lr for _, lr, _ in eval_pairs(shared, scale, side)[:count]]
-    if not images:
-        yy, xx = np.mgrid[0:64, 0:64] / 64.0
-        base = np.stack([np.sin(9 * xx + c) * np.cos(7 * yy - c) for c in range(3)], -1) * 0.3 + 0.5
-        noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()[0]
-        img = np.clip(
-            base + 0.1 * F.avg_pool2d(torch.from_numpy(noise)[None], 3, 1, 1)[0].numpy().transpose(1, 2, 0),
-            0,
-            1,
-        )
-        images = [img.astype(np.float32)]
-    return images
+        images = [lr for _, lr, _ in eval_pairs(folder / "data/eval", scale, side)[:count]]
+    return images or [np.ascontiguousarray(synthetic_image(64).transpose(1, 2, 0))]
 
 
-def check_correctness(loaded, device: str, precisions: list[str]) -> tuple[list[dict], bool]:
+def check_correctness(
+    loaded, device: str, precisions: list[str], shared: Path | None = None
+) -> tuple[list[dict], bool]:
     """Max and 99.9 % |difference| in DN of each precision on ``device`` against CPU fp32."""
     import numpy as np
     import torch
 
     from backend.inference import SuperResolver
 
-    images = test_images(loaded.scale)
+    images = test_images(loaded.scale, shared)
     reference = SuperResolver.from_weights(loaded, "cpu", "fp32", runtime="torch")
     refs = [np.round(reference.super_resolve(lr, pad_multiple=reference.multiple) * 255) for lr in images]
     rows, ok = [], True
@@ -151,7 +144,7 @@ def time_engine(weights: Path, device: str, out_size: int, batch: int, folder: P
     import torch
 
     from backend.engine import UpscaleOptions, upscale_raster
-    from backend.engine.bench import synthetic_raster
+    from devtools.data import synthetic_raster
 
     size = out_size // 4
     src = folder / f"in_{size}.tif"
@@ -164,18 +157,9 @@ def time_engine(weights: Path, device: str, out_size: int, batch: int, folder: P
     report = upscale_raster(src, out, weights, UpscaleOptions(device=device, batch_size=batch))
     seconds = time.perf_counter() - start
     out.unlink(missing_ok=True)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {
-        "mode": "engine",
-        "out": f"{out_size}x{out_size}",
-        "batch": batch,
-        "seconds": round(seconds, 2),
-        "mpx_s": round(out_size * out_size / seconds / 1e6, 3),
-        "peak_gpu_mb": peak and round(peak),
-        "tiles": report.tiles,
-        "tile": report.tile_size,
-        "runs_as": report.device,
-    }
+    return timing_row(
+        "engine", device, out_size, batch, seconds, report.tiles, report.tile_size, report.device
+    )
 
 
 def time_tiles(loaded, device: str, out_size: int, batch: int) -> dict:
@@ -197,17 +181,28 @@ def time_tiles(loaded, device: str, out_size: int, batch: int) -> dict:
     for i in range(0, n, batch):
         resolver.restore(resolver.upsample(x[: min(batch, n - i)]))[0].cpu()
     seconds = time.perf_counter() - start
+    return timing_row(
+        "tiles only (no rasterio)", device, out_size, batch, seconds, n, tile, resolver.description
+    )
+
+
+def timing_row(
+    mode: str, device: str, out_size: int, batch: int, seconds: float, tiles: int, tile: int, runs_as: str
+) -> dict:
+    """One timing's report line, with the peak GPU memory since the last reset (CUDA only)."""
+    import torch
+
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {
-        "mode": "tiles only (no rasterio)",
+        "mode": mode,
         "out": f"{out_size}x{out_size}",
         "batch": batch,
         "seconds": round(seconds, 2),
         "mpx_s": round(out_size * out_size / seconds / 1e6, 3),
         "peak_gpu_mb": peak and round(peak),
-        "tiles": n,
+        "tiles": tiles,
         "tile": tile,
-        "runs_as": resolver.description,
+        "runs_as": runs_as,
     }
 
 
@@ -220,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0, help="skip timings that would end after this")
     p.add_argument("--wheelhouse", type=Path, default=None, help="wheels for offline installs")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--shared", type=Path, default=None, help="shared data folder; default $SLIMDIFFSR_SHARED")
     args = p.parse_args(argv)
     started = time.monotonic()
     missing = ensure_packages(args.wheelhouse)
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     precisions = (args.precisions or ("fp32,fp16,bf16" if cuda else "fp32,auto")).split(",")
     say("\n1. output against CPU fp32 (bundled default x4, |difference| in 8-bit DN)")
-    rows, ok = check_correctness(loaded, args.device, precisions)
+    rows, ok = check_correctness(loaded, args.device, precisions, args.shared)
     for r in rows:
         say("   " + json.dumps(r))
     lacking = f" (missing {', '.join(missing)}: network on tiles only)" if missing else ""

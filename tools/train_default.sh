@@ -67,7 +67,7 @@ stage() {  # run-folder name init steps crop batch lr warmup seed [extra trainer
 }
 
 ship() {  # the last stage's run folder -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  "$PY" -m backend.default_model finalize "$1/slimdiffsr_default_x$SCALE.safetensors" \
+  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$1/slimdiffsr_default_x$SCALE.safetensors" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors"
 }
 

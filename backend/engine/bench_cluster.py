@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from backend.engine.bench import synthetic_raster
-from backend.engine.compact import CONFIGS, write_random_weights
 from backend.engine.options import UpscaleOptions
 from backend.engine.run import upscale_raster
+from devtools.compact import CONFIGS, write_random_weights
+from devtools.data import synthetic_raster
 
 
 def task_overhead_ms(scheduler: str, n: int = 200) -> float:

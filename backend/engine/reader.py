@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
@@ -306,7 +306,3 @@ class TileReader:
             lo, hi = value_range(info.dtype, samples)
             groups.append(BandGroup(bands, slots, lo, hi))
         return Radiometry(info.dtype, tuple(groups), info.nodata)
-
-
-def has_rgb(colorinterp: tuple[ColorInterp, ...]) -> bool:
-    return {ColorInterp.red, ColorInterp.green, ColorInterp.blue} <= set(colorinterp)

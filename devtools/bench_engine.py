@@ -1,4 +1,4 @@
-"""Engine measurements: ``python -m backend.engine.bench`` (``make bench-engine``).
+"""Engine measurements: ``python -m devtools.bench_engine`` (``make bench-engine``).
 
 * throughput: end-to-end Mpx/s of ``upscale_raster`` on a 2048x2048 input against the
   model alone on the same tiles (same batches, same device), and their ratio;
@@ -7,8 +7,9 @@
   receptive margin that sets the default overlap);
 * ``--seams``: the seam statistic of tiled against single-tile output.
 
-Models are random-weight members of the student family (backend.engine.compact): the
-engine's costs do not depend on the weights' values.
+``--margin`` and ``--seams`` run on a real scene of the shared data folder (``--shared``,
+default $SLIMDIFFSR_SHARED). Models are random-weight members of the student family
+(devtools.compact): the engine's costs do not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -23,56 +24,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 import torch
-from affine import Affine
 
-from backend.engine.compact import CONFIGS, write_random_weights
-from backend.engine.margin import edge_profile, reference_image
-from backend.engine.margin import receptive_margin as margin_of
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import TilePlan, make_plan
 from backend.engine.run import default_batch, default_overlap, default_tile, max_tile_out, upscale_raster
 from backend.inference import SuperResolver
+from backend.model import SlimDiffSRStudent
 from backend.weights import load_weights
-
-
-# -- synthetic inputs ----------------------------------------------------------------------
-def synthetic_raster(path: Path, size: int, valid_rows: int | None = None, seed: int = 0) -> Path:
-    """A georeferenced 3-band uint8 GeoTIFF with image-like content, written block by block.
-
-    ``valid_rows``: only the first rows hold data, the rest is nodata (0); this keeps a
-    huge raster cheap to process while its full width still goes through the blender.
-    """
-    rng = np.random.default_rng(seed)
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 3,
-        "dtype": "uint8",
-        "crs": "EPSG:32633",
-        "transform": Affine(10.0, 0, 500000.0, 0, -10.0, 5000000.0),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-        "nodata": 0 if valid_rows is not None else None,
-    }
-    base = rng.integers(1, 255, size=(3, 64, 64)).astype(np.float32)
-    with rasterio.open(path, "w", **profile) as dst:
-        for y in range(0, size, 256):
-            h = min(256, size - y)
-            yy = (np.arange(y, y + h)[:, None] / 7.3) % 64
-            xx = (np.arange(size)[None, :] / 5.1) % 64
-            tile = base[:, yy.astype(int), xx.astype(int)]
-            tile = np.clip(tile + rng.normal(0, 8, tile.shape), 1, 255).astype(np.uint8)
-            if valid_rows is not None and y + h > valid_rows:
-                tile[:, max(0, valid_rows - y) :, :] = 0
-            dst.write(tile, window=rasterio.windows.Window(0, y, size, h))
-    return path
+from devtools.compact import CONFIGS, write_random_weights
+from devtools.data import reference_image, synthetic_raster, write_raster
+from devtools.margin import edge_profile, receptive_margin
 
 
 # -- model-only timing -----------------------------------------------------------------------
@@ -94,7 +60,7 @@ def model_only_seconds(resolver: SuperResolver, plan: TilePlan, batch_size: int)
 
 def throughput(
     config: str, size: int, scale: int, device: str, precision: str, batch: int | None, folder: Path
-) -> dict[str, float]:
+) -> dict[str, Any]:
     weights = write_random_weights(folder / f"{config}_x{scale}.safetensors", CONFIGS[config], scale)
     src = synthetic_raster(folder / f"in_{size}.tif", size)
     loaded = load_weights(weights)
@@ -123,7 +89,7 @@ def throughput(
 
 
 # -- peak RSS ------------------------------------------------------------------------------
-def rss_child(size: int, config: str, valid_rows: int | None, folder: Path) -> dict[str, float]:
+def rss_child(size: int, config: str, valid_rows: int | None, folder: Path) -> dict[str, Any]:
     """Run once in this (fresh) process and report its peak RSS."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     weights = write_random_weights(folder / "w.safetensors", CONFIGS[config], 4)
@@ -140,13 +106,13 @@ def rss_child(size: int, config: str, valid_rows: int | None, folder: Path) -> d
     }
 
 
-def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> dict[str, float]:
+def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> dict[str, Any]:
     """Peak RSS of a whole run in a fresh subprocess (so earlier allocations do not count)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
             "-m",
-            "backend.engine.bench",
+            "devtools.bench_engine",
             "--rss-child",
             str(size),
             "--config",
@@ -156,20 +122,20 @@ def peak_rss(size: int, config: str = "nano", valid_rows: int | None = None) -> 
         ]
         if valid_rows is not None:
             cmd += ["--valid-rows", str(valid_rows)]
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[1]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- receptive margin and seams --------------------------------------------------------------
-def receptive_margin(config: str, scale: int = 4, size: int = 192, tile: int = 128) -> dict[str, object]:
+def margin_report(
+    config: str, shared: str | Path | None = None, scale: int = 4, size: int = 192, tile: int = 128
+) -> dict[str, Any]:
     """|tile output - untiled output| against the distance (output px) from the tile's edge."""
     torch.manual_seed(0)
-    from backend.model import SlimDiffSRStudent
-
     resolver = SuperResolver(SlimDiffSRStudent(CONFIGS[config]), scale, "cpu", "fp32")
-    profile = edge_profile(resolver, size, tile)
-    margin, floor = margin_of(profile)
+    profile = edge_profile(resolver, size, tile, shared)
+    margin, floor = receptive_margin(profile)
     return {
         "config": config,
         "scale": scale,
@@ -208,8 +174,12 @@ def seam_ratio(tiled: np.ndarray, reference: np.ndarray, plan: TilePlan) -> floa
 
 
 def seam_table(
-    config: str, size: int = 192, tile: int = 64, overlaps: tuple[int, ...] = (0, 4, 8, 16, 32)
-) -> list[dict[str, float]]:
+    config: str,
+    shared: str | Path | None = None,
+    size: int = 192,
+    tile: int = 64,
+    overlaps: tuple[int, ...] = (0, 4, 8, 16, 32),
+) -> list[dict[str, Any]]:
     """Tiled against single-tile output of a real image crop, for several overlaps (x4)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,20 +187,8 @@ def seam_table(
         weights = write_random_weights(folder / "w.safetensors", CONFIGS[config], 4)
         loaded = load_weights(weights)
         resolver = SuperResolver(loaded.model, 4, "cpu", "fp32")
-        lr = np.rint(reference_image(size) * 255).astype(np.uint8)
-        src = folder / "in.tif"
-        with rasterio.open(
-            src,
-            "w",
-            driver="GTiff",
-            width=size,
-            height=size,
-            count=3,
-            dtype="uint8",
-            crs="EPSG:32633",
-            transform=Affine(10, 0, 0, 0, -10, 0),
-        ) as dst:
-            dst.write(lr)
+        lr = np.rint(reference_image(size, shared) * 255).astype(np.uint8)
+        src = write_raster(folder / "in.tif", lr)
 
         def run(name: str, opts: UpscaleOptions) -> np.ndarray:
             upscale_raster(src, folder / name, resolver, opts)
@@ -273,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         help="RSS runs: rows of data across the full width (the rest is nodata); 0: all",
     )
     p.add_argument("--folder")
+    p.add_argument("--shared", help="shared data folder for --margin and --seams; default $SLIMDIFFSR_SHARED")
     args = p.parse_args(argv)
     if args.rss_child:
         result = rss_child(args.rss_child, args.config or "nano", args.valid_rows or None, Path(args.folder))
@@ -280,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seams:
         for cfg in (args.config or "tiny").split(","):
-            for row in seam_table(cfg):
+            for row in seam_table(cfg, args.shared):
                 print(json.dumps(row), flush=True)
         return 0
     if args.margin:
         for cfg in (args.config or "tiny,paper").split(","):
-            print(json.dumps(receptive_margin(cfg)))
+            print(json.dumps(margin_report(cfg, args.shared)))
         return 0
     configs = (args.config or "nano").split(",")
     print(

@@ -7,36 +7,38 @@ natively, ONNX Runtime and OpenVINO in fp32 and int8, and what ``precision=auto`
 * output Mpx/s of ``super_resolve`` on a ``--size`` square output and the ratio to the
   release's way, timed in the same run (absolute times on a shared machine are noisy;
   ratios are not);
-* error against torch fp32 on real imagery: crops of ``../shared/data/eval`` reduced x4
-  (antialiased bicubic), relative L2 of the outputs and PSNR-Y against the originals.
+* error against torch fp32 on real imagery: crops of the shared folder's ``data/eval``
+  (``--shared``, default $SLIMDIFFSR_SHARED) reduced x4 (antialiased bicubic), relative L2
+  of the outputs and PSNR-Y against the originals; without that folder, speed alone.
 
-int8 paths are calibrated on crops of ``../shared/data/train`` (never on eval); the
+int8 paths are calibrated on crops of ``data/train`` (never on eval); the
 ``auto (engine)`` row calibrates on each eval image itself, as the engine does on the
 raster it processes. The header names the CPU, its ISA flags and the library versions.
 
-    python -m backend.bench [--size 1024] [--repeat 2] [--configs paper,default]
+    python -m devtools.bench [--size 1024] [--repeat 2] [--configs paper,default] [--shared DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from backend.engine.margin import synthetic_image
 from backend.inference import SuperResolver
 from backend.model import PRESETS, SlimDiffSRStudent, StudentConfig
 from backend.runtime.cpu import cpu_info
 from backend.runtime.engines import available_runtimes
+from devtools.data import shared_dir, synthetic_image
 
 EVAL_SIDE = 256
 """Side (output pixels) of the central eval crop per raster: six crops keep the paper
@@ -85,16 +87,12 @@ def _time(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]
     return float(np.median(times)), out
 
 
-def test_image(size: int, seed: int = 0) -> np.ndarray:
+def timing_image(size: int, seed: int = 0) -> np.ndarray:
     """A smooth image-like LR input HxWx3 in [0, 1] (speed does not depend on content)."""
     return np.ascontiguousarray(synthetic_image(size, seed).transpose(1, 2, 0))
 
 
 # -- real imagery ------------------------------------------------------------------------------
-def shared_dir() -> Path:
-    return Path(os.environ.get("SLIMDIFFSR_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-
-
 def eval_pairs(folder: Path, scale: int, side: int = EVAL_SIDE) -> list[tuple[str, np.ndarray, torch.Tensor]]:
     """(name, LR HxWx3 in [0, 1], HR [1, 3, H, W]) per eval raster: its central ``side`` crop
     and the crop reduced by antialiased bicubic, the model card's benchmark synthesis."""
@@ -156,7 +154,7 @@ class BenchPath:
 
 
 def paths_for(
-    model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, object], calibration: list[np.ndarray]
+    model: SlimDiffSRStudent, scale: int, loaded_kwargs: dict[str, Any], calibration: list[np.ndarray]
 ) -> list[BenchPath]:
     """Every path this machine can run, built for ``model``."""
     info = cpu_info()
@@ -165,7 +163,7 @@ def paths_for(
         return SuperResolver(copy.deepcopy(model), scale, "cpu", precision, runtime=runtime, **loaded_kwargs)
 
     def entry(name: str, r: SuperResolver) -> BenchPath:
-        return BenchPath(name, lambda lr, r=r: r.super_resolve(lr, pad_multiple=r.multiple), r.description)
+        return BenchPath(name, partial(r.super_resolve, pad_multiple=r.multiple), r.description)
 
     naive = release_style_copy(model)
     out = [
@@ -194,7 +192,7 @@ def paths_for(
             h, w = lr.shape[:2]
             s = min(CALIBRATION_SIDE, h, w)
             r.calibrate([lr[y : y + s, x : x + s] for y in (0, h - s) for x in (0, w - s)])
-            return lambda img, r=r: r.super_resolve(img, pad_multiple=r.multiple)
+            return partial(r.super_resolve, pad_multiple=r.multiple)
 
         out.append(
             BenchPath(
@@ -207,18 +205,21 @@ def paths_for(
     return out
 
 
-def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[list[dict[str, object]], str]:
-    """Rows of the table and a note on the data used."""
-    shared = shared_dir() / "data"
-    pairs = eval_pairs(shared / "eval", scale) if (shared / "eval").is_dir() else []
-    calibration = training_crops(shared / "train") if (shared / "train").is_dir() else []
+def run(
+    size: int, repeat: int, configs: list[str], scale: int = 4, shared: str | Path | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the table and a note on the data used (``shared``: see ``shared_dir``)."""
+    folder = shared_dir(shared)
+    data = folder / "data" if folder else None
+    pairs = eval_pairs(data / "eval", scale) if data and (data / "eval").is_dir() else []
+    calibration = training_crops(data / "train") if data and (data / "train").is_dir() else []
     note = (
         f"error on {len(pairs)} eval crops ({EVAL_SIDE} px, x{scale} bicubic); int8 calibrated on "
         f"{len(calibration)} train crops of {CALIBRATION_SIDE} px"
     )
-    lr = test_image(size // scale)
+    lr = timing_image(size // scale)
     mpx = size * size / 1e6
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for name in configs:
         model, kwargs, label = load_config(name, scale)
         params = sum(p.numel() for p in model.parameters())
@@ -229,7 +230,7 @@ def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[lis
         ref_psnr = [psnr_y(o, hr, scale) for o, (_, _, hr) in zip(ref_out, pairs, strict=True)]
         t_release = None
         for p in paths:
-            t, _ = _time(lambda p=p: p.run(lr), repeat if "release" not in p.name else max(1, repeat))
+            t, _ = _time(partial(p.run, lr), max(1, repeat))
             t_release = t if t_release is None else t_release
             rel = psnr = dpsnr = None
             if pairs:
@@ -258,7 +259,7 @@ def run(size: int, repeat: int, configs: list[str], scale: int = 4) -> tuple[lis
     return rows, note
 
 
-def load_config(name: str, scale: int) -> tuple[SlimDiffSRStudent, dict[str, object], str]:
+def load_config(name: str, scale: int) -> tuple[SlimDiffSRStudent, dict[str, Any], str]:
     """(model, SuperResolver keyword arguments from its weights, label) for a config name:
     'default' is the bundled x4 model (trained weights: its PSNR-Y means something), the
     presets are random-weight members of the family (speed does not depend on weights)."""
@@ -282,7 +283,7 @@ HEADER = (
 )
 
 
-def format_row(r: dict[str, object]) -> str:
+def format_row(r: dict[str, Any]) -> str:
     def f(key: str, fmt: str) -> str:
         return "-" if r[key] is None else format(r[key], fmt)
 
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         default="paper,default",
         help=f"comma list of default (bundled x4 weights) and {sorted(PRESETS)}",
     )
+    parser.add_argument("--shared", help="shared data folder (eval, train); default $SLIMDIFFSR_SHARED")
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in PRESETS and c != "default"]
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown configs {unknown}; choose from default, {', '.join(sorted(PRESETS))}")
     print(header(args.size), flush=True)
     print(HEADER, flush=True)
-    _, note = run(args.size, args.repeat, configs)
+    _, note = run(args.size, args.repeat, configs, shared=args.shared)
     print(f"({note})", flush=True)
     return 0
 
