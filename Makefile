@@ -39,7 +39,8 @@ test: install train-install
 	$(MAKE) lint
 	$(PY) -m pytest -q
 
+# Development tools (devtools/, never in the plugin zip). BENCH_ARGS, e.g. "--size 128 --repeat 1".
 bench: venv
-	$(PY) -m devtools.bench
+	$(PY) -m devtools.bench $(BENCH_ARGS)
 
 -include mk/*.mk
