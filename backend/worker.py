@@ -31,9 +31,13 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from backend.errors import Cancelled, SlimDiffSRError, UserInputError
+
+if TYPE_CHECKING:  # the heavy modules are imported by the handlers, once a request needs them
+    from backend.engine import UpscaleOptions
+    from backend.inference import SuperResolver
 
 PROTOCOL_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_BAD_REQUEST, EXIT_CANCELLED = 0, 1, 2, 130
@@ -160,7 +164,7 @@ def format_duration(seconds: float) -> str:
 # -- request handlers -------------------------------------------------------------------
 
 
-def probe(channel: Channel | None = None) -> dict[str, Any]:
+def probe() -> dict[str, Any]:
     """What this environment can do: versions, devices. Imports the heavy packages."""
     from backend import __version__
 
@@ -182,25 +186,36 @@ def probe(channel: Channel | None = None) -> dict[str, Any]:
     return info
 
 
-def _engine_options(request: dict[str, Any]) -> Any:
-    """Request fields -> ``UpscaleOptions``; an option the engine lacks is an error, not ignored."""
-    from backend.engine import UpscaleOptions
-
-    known = {f.name for f in dataclasses.fields(UpscaleOptions)}
+def request_options(request: dict[str, Any], options_type: type) -> dict[str, Any]:
+    """The request's options (None: the default) as keyword arguments of the dataclass
+    ``options_type``; an option it lacks is an error, not ignored (plugin and backend of
+    different versions)."""
+    known = {f.name for f in dataclasses.fields(options_type)}
     wanted = {k: v for k, v in request.get("options", {}).items() if v is not None}
-    if isinstance(wanted.get("bands"), list):
-        wanted["bands"] = tuple(int(b) for b in wanted["bands"])
     unknown = sorted(set(wanted) - known)
     if unknown:
         raise RequestError(
             f"the backend does not support the option(s) {', '.join(unknown)}; update the plugin and "
             "backend together (make install)"
         )
+    return wanted
+
+
+def _engine_options(request: dict[str, Any]) -> UpscaleOptions:
+    """Request fields -> ``UpscaleOptions`` (JSON's band list made the engine's tuple)."""
+    from backend.engine import UpscaleOptions
+
+    wanted = request_options(request, UpscaleOptions)
+    if isinstance(wanted.get("bands"), list):
+        wanted["bands"] = tuple(int(b) for b in wanted["bands"])
     return UpscaleOptions(**wanted)
 
 
-def load_model(weights: str | None, scale: int | None, device: str, precision: str, channel: Channel) -> Any:
-    """Weights -> SuperResolver, logging the device and precision before the long part starts."""
+def load_model(
+    weights: str | Path | None, scale: int | None, device: str, precision: str, channel: Channel
+) -> tuple[SuperResolver, str]:
+    """Weights -> (SuperResolver, the model's description), logging the device and precision
+    before the long part starts."""
     from backend.inference import SuperResolver
     from backend.weights import default_weights_path, load_weights
 
@@ -219,9 +234,10 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         if not request.get(key):
             raise RequestError(f"the upscale request has no '{key}'")
     options = _engine_options(request)
+    resolver: SuperResolver | None = None
+    model_name: str | None = None
     if options.scheduler:  # the cluster's workers load the model; the log names them and their devices
         channel.send("progress", fraction=0.0, message=f"connecting to {options.scheduler}")
-        resolver, model_name = None, None
     else:
         resolver, model_name = load_model(
             options.weights, options.scale, options.device, options.precision, channel
@@ -244,7 +260,7 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     # A cancel that arrives after the engine's last check finds the output complete: it is
     # reported as done, never deleted (the previous file at that path is already replaced,
     # so deleting would lose both).
-    result = jsonable(report)
+    result: dict[str, Any] = jsonable(report)
     result["model"] = model_name or report.model
     return result
 
@@ -252,11 +268,7 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
 def handle_assess(request: dict[str, Any], channel: Channel, cancel: CancelToken) -> dict[str, Any]:
     from backend.quality import AssessOptions, assess
 
-    known = {f.name for f in dataclasses.fields(AssessOptions)}
-    options = {k: v for k, v in request.get("options", {}).items() if v is not None}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise RequestError(f"the quality check does not support the option(s) {', '.join(unknown)}")
+    options = request_options(request, AssessOptions)
 
     def on_progress(fraction: float, message: str = "") -> None:
         if cancel():
@@ -264,13 +276,14 @@ def handle_assess(request: dict[str, Any], channel: Channel, cancel: CancelToken
         channel.send("progress", fraction=fraction, **({"message": message} if message else {}))
 
     report = assess(request["input"], AssessOptions(**options), progress=on_progress, log=channel.log)
-    return jsonable(report)
+    result: dict[str, Any] = jsonable(report)
+    return result
 
 
 HANDLERS: dict[str, Callable[[dict[str, Any], Channel, CancelToken], dict[str, Any]]] = {
     "upscale": handle_upscale,
     "assess": handle_assess,
-    "probe": lambda request, channel, cancel: probe(channel),
+    "probe": lambda request, channel, cancel: probe(),
 }
 
 

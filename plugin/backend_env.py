@@ -41,6 +41,7 @@ from .worker_client import (
     WorkerError,
     clean_environment,
     run_request,
+    start_process,
 )
 
 __all__ = ["SETUP_ALGORITHM", "SETUP_HINT", "SETUP_NAME", "EnvError", "setup_environment"]
@@ -279,15 +280,6 @@ def _hidden_window() -> dict[str, Any]:
     return {}
 
 
-def _popen_group_kwargs(platform: str = sys.platform) -> dict[str, Any]:
-    """Its own process group (POSIX) so that cancel reaches pip's children too; on Windows
-    a new process group and no console window."""
-    if platform == "win32":
-        group = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        return {"creationflags": group | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    return {"start_new_session": True}
-
-
 def _stop(proc: subprocess.Popen[str]) -> None:
     """Terminate, then kill after a grace period; Windows has no process groups to signal."""
     if proc.poll() is not None:
@@ -325,16 +317,8 @@ def run_streaming(
     """Run ``cmd``, relaying each output line to the log as it comes (pip's progress), and
     stop it when the user cancels. Returns the exit code and the last lines."""
     try:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            env=env,
-            **_popen_group_kwargs(),
+        proc = start_process(  # its own process group: cancel reaches pip's children too
+            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     except OSError as exc:
         raise EnvError(
@@ -386,6 +370,14 @@ def pip_failure(tail: Sequence[str], what: str, wheelhouse: Path | None) -> EnvE
     else:
         todo = "check the network or proxy (pip's settings apply), or use a WHEELHOUSE folder"
     return EnvError(f"pip could not install {what} ({reason}); {todo}")
+
+
+def pip_install(python: Path, args: Sequence[str], what: str, wheelhouse: Path | None, hooks: Hooks) -> None:
+    """``python -m pip install ARGS`` with its output in the log; :func:`pip_failure` if it fails."""
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *args]
+    code, tail = run_streaming(cmd, hooks, env=_child_env())
+    if code != 0:
+        raise pip_failure(tail, what, wheelhouse)
 
 
 # -- prerequisites ---------------------------------------------------------------------------------
@@ -653,19 +645,10 @@ def setup_environment(
             _install_torch(python, torch_line, build, torch_index_url, wheelhouse, hooks)
         hooks.progress(60)
         hooks.info("installing the backend requirements")
-        cmd = [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            *pip_source_args(wheelhouse),
-        ]
+        args = [*pip_source_args(wheelhouse)]
         for req in requirements:
-            cmd += ["-r", str(req)]
-        code, tail = run_streaming(cmd, hooks, env=_child_env())
-        if code != 0:
-            raise pip_failure(tail, "the backend requirements", wheelhouse)
+            args += ["-r", str(req)]
+        pip_install(python, args, "the backend requirements", wheelhouse, hooks)
         hooks.progress(85)
         problem = health_problem(python, modules)
         if problem and not created:
@@ -821,18 +804,9 @@ def _install_torch(
         label = "the package index's build"  # on Linux the CUDA one, whatever was asked
     where = f" from {url}" if url else (f" from {wheelhouse}" if wheelhouse else "")
     hooks.info(f"installing {torch_line} ({label}){where}")
-    cmd = [
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        *torch_install_args(build, url, wheelhouse),
-        torch_line,
-    ]
-    code, tail = run_streaming(cmd, hooks, env=_child_env())
-    if code != 0:
-        raise pip_failure(tail, torch_line, wheelhouse)
+    pip_install(
+        python, [*torch_install_args(build, url, wheelhouse), torch_line], torch_line, wheelhouse, hooks
+    )
 
 
 # -- command line (make install) -------------------------------------------------------------------

@@ -129,28 +129,36 @@ def clean_environment(root: Path, base: dict[str, str] | None = None) -> dict[st
     return env
 
 
+def process_group_kwargs(platform: str = sys.platform) -> dict[str, Any]:
+    """Its own process group (POSIX) so that a signal reaches the child's children too; on
+    Windows a new process group and no console window."""
+    if platform == "win32":
+        group = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+        return {"creationflags": group | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {"start_new_session": True}
+
+
+def start_process(cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """``cmd`` with UTF-8 text pipes (undecodable bytes replaced: a library's stray output
+    must not stop the exchange) in its own process group; ``kwargs`` go to ``Popen``."""
+    return subprocess.Popen(
+        cmd, text=True, encoding="utf-8", errors="replace", **process_group_kwargs(), **kwargs
+    )
+
+
 class _Session:
     """One running worker: process, reader threads and the state of the exchange."""
 
     def __init__(self, python: Path, root: Path) -> None:
-        kwargs: dict[str, Any] = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True  # its own process group: signals reach its children
         try:
-            self.proc = subprocess.Popen(
+            self.proc = start_process(
                 [str(python), "-m", "backend.worker"],
                 cwd=str(root),
                 env=clean_environment(root),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
                 bufsize=1,
-                **kwargs,
             )
         except OSError as exc:
             raise WorkerError(

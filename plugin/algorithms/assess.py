@@ -12,11 +12,10 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
 )
 
-from .base import SlimDiffSRAlgorithm, absolute, tr
+from .base import SlimDiffSRAlgorithm, absolute, integer_parameter, tr
 
 
 class AssessAlgorithm(SlimDiffSRAlgorithm):
@@ -39,11 +38,11 @@ class AssessAlgorithm(SlimDiffSRAlgorithm):
             "<p>Tells you, in a minute, whether super-resolution helps on <i>your</i> imagery before you "
             "run it on a large area.</p>"
             "<p>A sample of the layer (the centre of the chosen extent, or of the layer) is taken as the "
-            "truth and made 4 or 8 times coarser in three ways: the antialiased bicubic reduction of "
-            "super-resolution benchmarks, a point-sampled reduction without antialiasing (as many "
-            "resampled products and undersampled sensors), and a sensor-like product (blur, noise, "
-            "JPEG). Each is restored twice, with SlimDiffSR and with ordinary bicubic resampling, and "
-            "compared with the original sample.</p>"
+            "truth and made coarser by the model's scale (x2, x4 or x8) in three ways: the antialiased "
+            "bicubic reduction of super-resolution benchmarks, a point-sampled reduction without "
+            "antialiasing (as many resampled products and undersampled sensors), and a sensor-like "
+            "product (blur, noise, JPEG). Each is restored twice, with SlimDiffSR and with ordinary "
+            "bicubic resampling, and compared with the original sample.</p>"
             "<p><b>Results</b>: PSNR (in dB) and SSIM (0 to 1) per reduction, higher is better; the "
             "outputs hold the reduction where SlimDiffSR does worst. The verdict says it helps only "
             "when it helps under all three. An HTML report shows the images per reduction (degraded "
@@ -61,16 +60,7 @@ class AssessAlgorithm(SlimDiffSRAlgorithm):
         )
         self.add_model_parameters()
         self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterNumber(
-                    self.SAMPLE_SIZE,
-                    tr("Sample size in pixels (side)"),
-                    type=QgsProcessingParameterNumber.Integer,
-                    defaultValue=512,
-                    minValue=64,
-                    maxValue=4096,
-                )
-            )
+            integer_parameter(self.SAMPLE_SIZE, tr("Sample size in pixels (side)"), 512, 64, 4096)
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(

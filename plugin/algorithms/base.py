@@ -6,6 +6,7 @@ everything that needs torch or rasterio happens in the backend.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterString,
     QgsRasterLayer,
 )
@@ -24,26 +26,78 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ...backend.bands import parse_bands
+from ...backend.runtime.choices import PRECISIONS
 from ..settings import backend_env_dir, backend_python_setting
 from ..worker_client import SETUP_HINT, WorkerCancelledError, WorkerError, locate_python, run_request
 
 HELP_URL = "https://github.com/slimdiffsr/slimdiffsr-qgis/blob/main/docs/qgis.md"
-ICON_PATH = Path(__file__).resolve().parent.parent.parent / "resources" / "icon.svg"
+RESOURCES = Path(__file__).resolve().parent.parent.parent / "resources"
+ICON_PATH = RESOURCES / "icon.svg"
 
 DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = ["auto", "fp32", "bf16", "fp16", "int8"]
-SCALES: list[tuple[str, int | None]] = [
-    ("From the weights file", None),
-    ("x2", 2),
-    ("x4", 4),
-    ("x8", 8),
-]
+WEIGHTS_DIR = RESOURCES / "weights"
+SCALES: list[int] = [2, 4, 8]
+"""Scales the network supports; which of them have a bundled model is :func:`bundled_scales`."""
+DEFAULT_SCALE = 4
+"""The bundled model the backend takes when neither weights nor a scale are given."""
 MAKE_INSTALL_HINT = "run 'make install' in the plugin folder to (re)create it"
 WEIGHTS_FILTER = "SlimDiffSR weights (*.safetensors *.pkl *.pth *.pt);;All files (*.*)"
 
 
 def tr(text: str) -> str:
+    """The translation of ``text``; keep ``text`` a literal (values go in with ``.format``
+    afterwards) so that the translation tools can find it."""
     return QCoreApplication.translate("SlimDiffSR", text)
+
+
+def bundled_scales() -> list[int]:
+    """The scales of the bundled default models, read from the files that ship
+    (``resources/weights/slimdiffsr_default_x<N>.safetensors``), so the choices and their
+    texts follow the models that exist."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    names = (re.fullmatch(r"slimdiffsr_default_x(\d+)\.safetensors", p.name) for p in WEIGHTS_DIR.iterdir())
+    return sorted(int(m[1]) for m in names if m)
+
+
+def scale_choices() -> list[str]:
+    """The SCALE parameter's options: index 0 'from the weights file', then :data:`SCALES`."""
+    bundled = bundled_scales()
+    first = tr("From the weights file (no weights file: the bundled x{} model)").format(DEFAULT_SCALE)
+    return [first] + [
+        f"x{s}" if s in bundled else tr("x{} (a weights file for x{} only; no bundled model)").format(s, s)
+        for s in SCALES
+    ]
+
+
+def advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
+    """``parameter`` shown under 'Advanced Parameters' in the dialog."""
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
+
+
+def integer_parameter(
+    name: str, label: str, default: int, minimum: int, maximum: int
+) -> QgsProcessingParameterNumber:
+    """An advanced whole-number parameter (tile sizes, counts; 0 or -1 usually means automatic)."""
+    return advanced(
+        QgsProcessingParameterNumber(
+            name,
+            label,
+            type=QgsProcessingParameterNumber.Integer,
+            defaultValue=default,
+            minValue=minimum,
+            maxValue=maximum,
+        )
+    )
+
+
+def file_parameter(
+    name: str, label: str, folder: bool = False, file_filter: str = ""
+) -> QgsProcessingParameterFile:
+    """An optional file (or folder) chooser."""
+    behavior = QgsProcessingParameterFile.Folder if folder else QgsProcessingParameterFile.File
+    return QgsProcessingParameterFile(name, label, behavior=behavior, optional=True, fileFilter=file_filter)
 
 
 def absolute(path: str) -> str:
@@ -60,7 +114,20 @@ def absolute(path: str) -> str:
     return str(Path(path).absolute())
 
 
-class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
+class SlimDiffSRBase(QgsProcessingAlgorithm):
+    """What every SlimDiffSR algorithm has: a fresh instance per run, the icon, the help page."""
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return HELP_URL
+
+
+class SlimDiffSRAlgorithm(SlimDiffSRBase):
     """Common parameters (weights, scale, bands, device, precision) and the worker call."""
 
     INPUT = "INPUT"
@@ -70,39 +137,27 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
 
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return type(self)()
-
     def group(self) -> str:
         return tr("Super-resolution")
 
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "superresolution"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
-        return HELP_URL
-
     # -- parameters --------------------------------------------------------------------
     def add_model_parameters(self) -> None:
         self.addParameter(
-            QgsProcessingParameterFile(
-                self.WEIGHTS,
-                tr("Model weights (empty: bundled default model)"),
-                behavior=QgsProcessingParameterFile.File,
-                optional=True,
-                fileFilter=WEIGHTS_FILTER,
+            file_parameter(
+                self.WEIGHTS, tr("Model weights (empty: bundled default model)"), file_filter=WEIGHTS_FILTER
             )
         )
-        scale = QgsProcessingParameterEnum(
-            self.SCALE,
-            tr("Scale (only needed when the weights file does not record it)"),
-            options=[label for label, _ in SCALES],
-            defaultValue=0,
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.SCALE,
+                tr("Scale (for weights that do not record it, or to pick a bundled model)"),
+                options=scale_choices(),
+                defaultValue=0,
+            )
         )
-        self.addParameter(scale)
         self.addParameter(
             QgsProcessingParameterString(
                 self.BANDS,
@@ -117,49 +172,71 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterEnum(self.PRECISION, tr("Precision"), options=PRECISIONS, defaultValue=0)
         )
 
-    @staticmethod
-    def make_advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        return parameter
-
     def checkParameterValues(self, parameters: dict[str, Any], context: QgsProcessingContext):  # noqa: N802
-        """Catch bad band lists, non-file layers and a missing backend environment before
-        anything starts (reported here, the message is shown once, not as a run failure)."""
+        """Report what the parameters alone show to be wrong before anything starts.
+
+        QGIS shows this message once (one line in qgis_process, one message box in the
+        dialog); an exception from a run is repeated by QGIS itself (qgis_process prints it
+        three times, whatever the algorithm), so every check that needs no pixels is made
+        here. The backend checks the same things again for callers that skip this step.
+        """
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
+        problem = self.parameter_problem(parameters, context)
+        return problem is None, problem or ""
+
+    def parameter_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """The first problem :meth:`checkParameterValues` reports, or None."""
         try:
             locate_python(backend_python_setting(), env_dir=backend_env_dir())
         except WorkerError as exc:
-            return False, str(exc)
+            return str(exc)
+        weights = self.weights_path(parameters, context)
+        if weights and not Path(weights).is_file():
+            return tr("weights file not found: {}; check the path").format(weights)
+        scale = self.scale(parameters, context)
+        bundled = bundled_scales()
+        if not weights and scale is not None and scale not in bundled:
+            return tr(
+                "there is no bundled x{} model (bundled: {}); choose one of those or a weights file for x{}"
+            ).format(scale, ", ".join(f"x{s}" for s in bundled) or tr("none"), scale)
         try:
-            bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
+            bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context)) or ()
         except ValueError as exc:
-            return False, str(exc)
+            return str(exc)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is not None:
-            if layer.providerType() != "gdal":
-                return False, tr(
-                    f"layer '{layer.name()}' is not a file-based raster ({layer.providerType()}); "
-                    "save it as a GeoTIFF first (Raster > Conversion > Translate)"
-                )
-            count = layer.bandCount()
-            if bands and any(not 1 <= b <= count for b in bands):
-                return False, tr(f"band(s) {bands} do not all exist; '{layer.name()}' has bands 1 to {count}")
-        return True, ""
+        if layer is None:
+            return None
+        if layer.providerType() != "gdal":
+            return tr(
+                "layer '{}' is not a file-based raster ({}); save it as a GeoTIFF first "
+                "(Raster > Conversion > Translate)"
+            ).format(layer.name(), layer.providerType())
+        if any(not 1 <= b <= layer.bandCount() for b in bands):
+            return tr("band(s) {} do not all exist; '{}' has bands 1 to {}").format(
+                ",".join(map(str, bands)), layer.name(), layer.bandCount()
+            )
+        return None
+
+    def weights_path(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """The chosen weights file, absolute; None for the bundled model."""
+        return absolute(self.parameterAsFile(parameters, self.WEIGHTS, context)) or None
+
+    def scale(self, parameters: dict[str, Any], context: QgsProcessingContext) -> int | None:
+        """The chosen scale; None: from the weights file (or the bundled default)."""
+        index = self.parameterAsEnum(parameters, self.SCALE, context)
+        return SCALES[index - 1] if index > 0 else None
 
     def model_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """The request fields both algorithms share (None = the backend's default)."""
-        weights = absolute(self.parameterAsFile(parameters, self.WEIGHTS, context)) or None
-        if weights and not Path(weights).is_file():
-            raise QgsProcessingException(tr(f"weights file not found: {weights}; check the path"))
         try:
             bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         return {
-            "weights": weights,
-            "scale": SCALES[self.parameterAsEnum(parameters, self.SCALE, context)][1],
+            "weights": self.weights_path(parameters, context),
+            "scale": self.scale(parameters, context),
             "bands": bands,
             "device": DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             "precision": PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
@@ -171,10 +248,6 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
             raise QgsProcessingException(tr("the input raster could not be loaded; check the layer or path"))
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(
-                tr(f"'{layer.name()}' is not a file-based raster; save it as a GeoTIFF first")
-            )
         return layer, absolute(layer.source())
 
     def run_worker(self, request: dict[str, Any], feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -188,4 +261,4 @@ class SlimDiffSRAlgorithm(QgsProcessingAlgorithm):
             # who installed the plugin from a zip cannot run; the setup algorithm repairs it.
             repair = f"{SETUP_HINT.replace(' once', ' again')} to repair it"
             message = str(exc).replace(MAKE_INSTALL_HINT, repair)
-            raise QgsProcessingException(tr(f"SlimDiffSR: {message}")) from None
+            raise QgsProcessingException(tr("SlimDiffSR: {}").format(message)) from None

@@ -12,19 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..backend_env import (
     SETUP_NAME,
@@ -37,18 +33,15 @@ from ..backend_env import (
 )
 from ..settings import backend_env_dir
 from ..worker_client import plugin_dir
-from .base import HELP_URL, ICON_PATH, tr
+from .base import SlimDiffSRBase, advanced, file_parameter, tr
 
 
-class SetupAlgorithm(QgsProcessingAlgorithm):
+class SetupAlgorithm(SlimDiffSRBase):
     TORCH_BUILD = "TORCH_BUILD"
     WHEELHOUSE = "WHEELHOUSE"
     PYTHON = "PYTHON"
     TORCH_INDEX_URL = "TORCH_INDEX_URL"
     FORCE = "FORCE"
-
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return type(self)()
 
     def name(self) -> str:
         return "setup"
@@ -62,12 +55,6 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "setup"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
-        return HELP_URL
-
     def tags(self) -> list[str]:
         return [tr(t) for t in ("install", "setup", "environment", "torch", "pip", "dependencies")]
 
@@ -80,11 +67,11 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
             "log, which ends with a self-test on a small raster and the environment's size. Running it "
             "again on a healthy environment takes seconds; Cancel leaves no half-made environment behind.</p>"
             "<p><b>Torch build</b>: auto uses CUDA where an NVIDIA GPU is visible, else the CPU build, from "
-            f"PyTorch's CPU index ({TORCH_CPU_INDEX_URL}). Where that index is blocked, torch comes from the "
+            "PyTorch's CPU index ({0}). Where that index is blocked, torch comes from the "
             "package index, whose Linux build is the CUDA one (about 5 GB): give <b>Package index for "
             "torch</b> a mirror of it, or a folder holding its torch wheel for your Python "
             "(<code>pip download torch==VERSION --no-deps --only-binary=:all: --python-version 3.X "
-            "--index-url " + TORCH_CPU_INDEX_URL + " -d folder</code> on a machine that reaches it). "
+            "--index-url {0} -d folder</code> on a machine that reaches it). "
             "<b>Wheelhouse</b> (offline sites): a folder of all the wheels made elsewhere with "
             "<code>pip download -r requirements.txt -d wheels</code> plus <code>pip download pip</code> "
             "(same Python version and system); nothing is downloaded then. <b>Python</b>: empty for "
@@ -92,7 +79,7 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
             "<p>QGIS's Python needs no pip or ensurepip (Debian 13's QGIS has neither): pip is installed "
             "into the new environment from its pinned wheel. Only a Python without <code>venv</code> "
             "needs a package (Debian/Ubuntu: <code>python3-venv</code>).</p>"
-        )
+        ).format(TORCH_CPU_INDEX_URL)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(
@@ -104,34 +91,26 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
             )
         )
         self.addParameter(
-            QgsProcessingParameterFile(
+            file_parameter(
                 self.WHEELHOUSE,
                 tr("Wheelhouse folder for offline installation (empty: download)"),
-                behavior=QgsProcessingParameterFile.Folder,
-                optional=True,
+                folder=True,
             )
         )
         self.addParameter(
-            QgsProcessingParameterFile(
-                self.PYTHON,
-                tr("Python to create the environment with (empty: QGIS's own Python)"),
-                behavior=QgsProcessingParameterFile.File,
-                optional=True,
+            file_parameter(
+                self.PYTHON, tr("Python to create the environment with (empty: QGIS's own Python)")
             )
         )
-        index = QgsProcessingParameterString(
-            self.TORCH_INDEX_URL,
-            tr(
-                f"Package index or wheel folder for torch (empty: for the CPU build {TORCH_CPU_INDEX_URL}; "
-                "'-': pip's own)"
-            ),
-            optional=True,
+        index_label = tr(
+            "Package index or wheel folder for torch (empty: for the CPU build {}; '-': pip's own)"
+        ).format(TORCH_CPU_INDEX_URL)
+        self.addParameter(
+            advanced(QgsProcessingParameterString(self.TORCH_INDEX_URL, index_label, optional=True))
         )
-        index.setFlags(index.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(index)
-        force = QgsProcessingParameterBoolean(self.FORCE, tr("Rebuild even if healthy"), False)
-        force.setFlags(force.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(force)
+        self.addParameter(
+            advanced(QgsProcessingParameterBoolean(self.FORCE, tr("Rebuild even if healthy"), False))
+        )
         self.addOutput(QgsProcessingOutputString("PYTHON_PATH", tr("Backend Python")))
         self.addOutput(QgsProcessingOutputNumber("ENV_SIZE_MB", tr("Environment size (MB)")))
         self.addOutput(QgsProcessingOutputNumber("SECONDS", tr("Time (s)")))
@@ -144,7 +123,7 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
         python = self.parameterAsFile(parameters, self.PYTHON, context).strip()
         index = self.parameterAsString(parameters, self.TORCH_INDEX_URL, context).strip()
         env_dir = backend_env_dir()
-        feedback.pushInfo(tr(f"backend environment: {env_dir}"))
+        feedback.pushInfo(tr("backend environment: {}").format(env_dir))
         hooks = Hooks(
             info=feedback.pushInfo,
             warning=feedback.pushWarning,
@@ -168,7 +147,7 @@ class SetupAlgorithm(QgsProcessingAlgorithm):
                 tr("setup cancelled; no environment was left half-made (run the setup again to finish)")
             ) from None
         except EnvError as exc:
-            raise QgsProcessingException(tr(f"SlimDiffSR setup: {exc}")) from None
+            raise QgsProcessingException(tr("SlimDiffSR setup: {}").format(exc)) from None
         return {
             "PYTHON_PATH": str(result.python),
             "ENV_SIZE_MB": round(result.size_bytes / 2**20, 1),

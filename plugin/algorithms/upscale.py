@@ -1,4 +1,4 @@
-"""'SlimDiffSR Upscale': super-resolve a raster layer to a GeoTIFF x4/x8 finer."""
+"""'SlimDiffSR Upscale': super-resolve a raster layer to a GeoTIFF 2, 4 or 8 times finer."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from qgis.core import (
 )
 
 from ..settings import dask_scheduler_setting
-from .base import SlimDiffSRAlgorithm, absolute, tr
+from .base import SlimDiffSRAlgorithm, absolute, advanced, bundled_scales, integer_parameter, tr
 
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
 
@@ -85,12 +85,13 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         return tr("SlimDiffSR Upscale")
 
     def tags(self) -> list[str]:
-        words = ("super-resolution", "upscale", "sharpen", "resample", "deep learning", "x4", "x8")
+        words = ("super-resolution", "upscale", "sharpen", "resample", "deep learning", "x2", "x4", "x8")
         return [tr(t) for t in words]
 
     def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        bundled = tr(" or ").join(f"x{s}" for s in bundled_scales()) or tr("none")
         return tr(
-            "<p>Makes a raster 4 or 8 times finer (for example 10 m pixels become 2.5 m) with the "
+            "<p>Makes a raster 2, 4 or 8 times finer (for example 10 m pixels become 2.5 m at x4) with the "
             "SlimDiffSR neural network, which restores sharper detail than bicubic resampling.</p>"
             "<p><b>Input</b>: a file-based raster (GeoTIFF, JP2, ...), 8- or 16-bit or float, with 1 band or "
             "3 bands used as red, green, blue. For multispectral imagery choose the bands, e.g. "
@@ -99,56 +100,28 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
             "type. Only the chosen bands are written.</p>"
             "<p><b>Model weights</b>: leave empty for the bundled model, or choose a SlimDiffSR "
             "<code>.safetensors</code> file or a release checkpoint (<code>.pkl</code>). Set "
-            "<b>Scale</b> only if the file does not record it.</p>"
+            "<b>Scale</b> if the file does not record it, or to pick a bundled model ({}); x2 and any "
+            "other scale without a bundled model needs a weights file trained for it.</p>"
             "<p><b>Device</b> auto uses an NVIDIA GPU when one is usable, otherwise the CPU; "
             "<b>precision</b> auto picks the fastest one that stays accurate. The log names both.</p>"
             "<p>Large rasters are processed tile by tile with overlapping, blended tiles, so memory "
             "stays bounded and no seams appear; lower the tile size if the GPU runs out of memory. "
             "Tip: run <i>SlimDiffSR Quality Check</i> on a sample first to see whether "
             "super-resolution beats bicubic on your imagery.</p>"
-        )
+        ).format(bundled)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input raster")))
         self.add_model_parameters()
         self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterNumber(
-                    self.TILE_SIZE,
-                    tr("Tile size in input pixels (0: automatic)"),
-                    type=QgsProcessingParameterNumber.Integer,
-                    defaultValue=0,
-                    minValue=0,
-                    maxValue=4096,
-                )
-            )
+            integer_parameter(self.TILE_SIZE, tr("Tile size in input pixels (0: automatic)"), 0, 0, 4096)
         )
         self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterNumber(
-                    self.OVERLAP,
-                    tr("Tile overlap in input pixels (-1: automatic)"),
-                    type=QgsProcessingParameterNumber.Integer,
-                    defaultValue=-1,
-                    minValue=-1,
-                    maxValue=1024,
-                )
-            )
+            integer_parameter(self.OVERLAP, tr("Tile overlap in input pixels (-1: automatic)"), -1, -1, 1024)
         )
+        self.addParameter(integer_parameter(self.BATCH_SIZE, tr("Tiles per batch (0: automatic)"), 0, 0, 256))
         self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterNumber(
-                    self.BATCH_SIZE,
-                    tr("Tiles per batch (0: automatic)"),
-                    type=QgsProcessingParameterNumber.Integer,
-                    defaultValue=0,
-                    minValue=0,
-                    maxValue=256,
-                )
-            )
-        )
-        self.addParameter(
-            self.make_advanced(
+            advanced(
                 QgsProcessingParameterNumber(
                     self.NODATA,
                     tr("Input nodata value (overrides the layer's, e.g. 0 for an undeclared black collar)"),
@@ -157,36 +130,34 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
                 )
             )
         )
-        self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterBoolean(
-                    self.ALL_BANDS,
-                    tr("Process every band in groups of three (non-visible bands: plausible texture only)"),
-                    False,
-                )
-            )
-        )
-        self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterBoolean(self.OVERVIEWS, tr("Build overviews (faster display)"), True)
-            )
-        )
-        self.addParameter(
-            self.make_advanced(
-                QgsProcessingParameterBoolean(self.COG, tr("Write a Cloud Optimized GeoTIFF (COG)"), False)
-            )
-        )
+        for name, label, default in (
+            (
+                self.ALL_BANDS,
+                tr("Process every band in groups of three (non-visible bands: plausible texture only)"),
+                False,
+            ),
+            (self.OVERVIEWS, tr("Build overviews (faster display)"), True),
+            (self.COG, tr("Write a Cloud Optimized GeoTIFF (COG)"), False),
+        ):
+            self.addParameter(advanced(QgsProcessingParameterBoolean(name, label, default)))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Super-resolved raster")))
+
+    def parameter_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """The shared checks, then the output's format (the backend writes GeoTIFF only)."""
+        problem = super().parameter_problem(parameters, context)
+        if problem is None:
+            output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
+            if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+                problem = tr("output '{}' is not a GeoTIFF; SlimDiffSR writes .tif files only").format(
+                    output.name
+                )
+        return problem
 
     def processAlgorithm(  # noqa: N802 - QGIS API
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         layer, source = self.input_path(parameters, context)
         output = absolute(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
-        if Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise QgsProcessingException(
-                tr(f"output '{Path(output).name}' is not a GeoTIFF; SlimDiffSR writes .tif files only")
-            )
         options = self.model_options(parameters, context)
         tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
@@ -203,9 +174,12 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
             scheduler=dask_scheduler_setting() or None,
         )
         feedback.pushInfo(
-            tr(
-                f"input: {layer.name()} ({layer.width()}x{layer.height()} pixels, {layer.bandCount()} bands, "
-                f"{layer.crs().authid() or layer.crs().description()})"
+            tr("input: {} ({}x{} pixels, {} bands, {})").format(
+                layer.name(),
+                layer.width(),
+                layer.height(),
+                layer.bandCount(),
+                layer.crs().authid() or layer.crs().description(),
             )
         )
         request = {"type": "upscale", "input": source, "output": output, "options": options}
@@ -222,12 +196,12 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         """The engine's summary (the worker already logged the device, precision and model)."""
         size = report.get("output_size")
         if isinstance(size, list) and len(size) == 2:
-            feedback.pushInfo(tr(f"output: {size[0]}x{size[1]} pixels (x{report.get('scale')})"))
+            feedback.pushInfo(tr("output: {}x{} pixels (x{})").format(size[0], size[1], report.get("scale")))
         if "tiles" in report:
             skipped = report.get("tiles_skipped", 0)
-            feedback.pushInfo(tr(f"tiles: {report['tiles']} ({skipped} empty, skipped)"))
+            feedback.pushInfo(tr("tiles: {} ({} empty, skipped)").format(report["tiles"], skipped))
         if "device" in report:
             # int8 is settled after calibrating on this raster, after the worker's first log line
-            feedback.pushInfo(tr(f"ran as: {report['device']}"))
+            feedback.pushInfo(tr("ran as: {}").format(report["device"]))
         if "elapsed_s" in report:
-            feedback.pushInfo(tr(f"time: {float(report['elapsed_s']):.1f} s"))
+            feedback.pushInfo(tr("time: {:.1f} s").format(float(report["elapsed_s"])))
