@@ -237,15 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         result = rss_child(args.rss_child, args.config or "nano", args.valid_rows or None, Path(args.folder))
         print(json.dumps(result))
         return 0
-    if args.seams:
-        for cfg in (args.config or "tiny").split(","):
-            for row in seam_table(cfg, args.shared):
-                print(json.dumps(row), flush=True)
-        return 0
-    if args.margin:
-        for cfg in (args.config or "tiny,paper").split(","):
-            print(json.dumps(margin_report(cfg, args.shared)))
-        return 0
+    try:  # both measure on the shared folder's reference scene, read first
+        if args.seams:
+            for cfg in (args.config or "tiny").split(","):
+                for row in seam_table(cfg, args.shared):
+                    print(json.dumps(row), flush=True)
+            return 0
+        if args.margin:
+            for cfg in (args.config or "tiny,paper").split(","):
+                print(json.dumps(margin_report(cfg, args.shared)))
+            return 0
+    except FileNotFoundError as exc:
+        p.error(str(exc))
     configs = (args.config or "nano").split(",")
     print(
         f"{'config':8} {'device':24} {'input':>10} {'tiles':>6} {'model Mpx/s':>12} {'e2e Mpx/s':>10} "
