@@ -379,8 +379,8 @@ def assess(
     from backend.weights import default_weights_path, load_weights
 
     started = time.monotonic()
-    report_progress = progress or (lambda fraction, message="": None)
-    say = log or (lambda message: None)
+    report_progress: ProgressFn = progress or (lambda fraction, message: None)
+    say: LogFn = log or (lambda message: None)
     report_progress(0.0, "loading the model")
     weights_path = options.weights or str(default_weights_path(options.scale or 4))
     loaded = load_weights(weights_path, scale=options.scale)

@@ -9,46 +9,44 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-
-from devtools.compact import NANO, write_random_weights
+from conftest import random_rgb, write_raster
 
 ROOT = Path(__file__).resolve().parent.parent
+UPSCALE = [sys.executable, "-m", "backend.cli", "upscale"]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backend.cli", "upscale", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return subprocess.run([*UPSCALE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_weights(tmp_path_factory.mktemp("w") / "nano_x4.safetensors", NANO, 4)
+def weights(nano_x4: Path) -> Path:
+    return nano_x4
 
 
 def raster(path: Path, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=Affine(10, 0, 500000, 0, -10, 5000000),
-    ) as dst:
-        dst.write(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
-    return path
+    """A 3-band uint8 raster in UTM 33N, 10 m pixels (conftest's defaults)."""
+    return write_raster(path, random_rgb(size))
+
+
+def tiled_run(src: Path, out: Path, weights: Path, *extra: str) -> list[str]:
+    """The arguments of a CPU run in 32-pixel tiles with an 8-pixel overlap."""
+    return [
+        str(src),
+        str(out),
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--tile-size",
+        "32",
+        "--overlap",
+        "8",
+        *extra,
+    ]
 
 
 def test_help_lists_the_options() -> None:
@@ -70,20 +68,7 @@ def test_help_lists_the_options() -> None:
 
 def test_success(tmp_path: Path, weights: Path) -> None:
     src = raster(tmp_path / "in.tif", 64)
-    r = cli(
-        str(src),
-        str(tmp_path / "out.tif"),
-        "--weights",
-        str(weights),
-        "--device",
-        "cpu",
-        "--tile-size",
-        "32",
-        "--overlap",
-        "8",
-        "--bands",
-        "3,2,1",
-    )
+    r = cli(*tiled_run(src, tmp_path / "out.tif", weights, "--bands", "3,2,1"))
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "tile/s" in r.stderr  # the tqdm bar is on stderr
     with rasterio.open(tmp_path / "out.tif") as dst:
@@ -122,24 +107,7 @@ def test_usage_error_exits_2() -> None:
 def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path, sig: int) -> None:
     src = raster(tmp_path / "in.tif", 400)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend.cli",
-            "upscale",
-            str(src),
-            str(tmp_path / "out.tif"),
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            "--tile-size",
-            "32",
-            "--overlap",
-            "8",
-            "--batch-size",
-            "1",
-        ],
+        [*UPSCALE, *tiled_run(src, tmp_path / "out.tif", weights, "--batch-size", "1")],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.crs import CRS
+from conftest import write_raster
 from rasterio.transform import from_origin
 
+from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.quality import (
     CHECKS,
     LABEL_HEIGHT,
@@ -34,27 +35,24 @@ def smooth_image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
     return np.clip(0.5 + 0.35 * base + 0.05 * rng.standard_normal((h, w, c)), 0, 1).astype(np.float32)
 
 
-def write_raster(path, data: np.ndarray, dtype: str = "uint16", nodata=None) -> str:
-    bands, h, w = data.shape
-    profile = dict(
-        driver="GTiff",
-        width=w,
-        height=h,
-        count=bands,
-        dtype=dtype,
-        crs=CRS.from_epsg(32621),
-        transform=from_origin(500000, 7200000, 30, 30),
-        nodata=nodata,
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data.astype(dtype))
-    return str(path)
+def utm_raster(path, data: np.ndarray, dtype: str = "uint16", nodata=None) -> str:
+    """``data`` as ``dtype`` in UTM 21N, 30 m pixels, its corner at (500 km, 7200 km)."""
+    transform = from_origin(500000, 7200000, 30, 30)
+    return str(write_raster(path, data.astype(dtype), crs="EPSG:32621", transform=transform, nodata=nodata))
 
 
 def test_metrics_on_known_cases() -> None:
     """The check's scores are backend.metrics' (identical images: the metrics' 100 dB cap)."""
     a = torch.from_numpy(smooth_image(64, 64, 1)[..., 0]).double()[None, None]
     assert scores(a, a) == pytest.approx((100.0, 1.0))
+    # one implementation: the same numbers as the metrics of training and the model card, on
+    # the BT.601 luma the check measures, for identical images as for different ones
+    rgb = torch.from_numpy(smooth_image(48, 40, 3).transpose(2, 0, 1).copy()).double()[None]
+    for pred in (rgb, (rgb + 0.03 * torch.cos(rgb * 20)).clamp(0, 1)):
+        y_pred, y_ref = rgb_to_y(pred), rgb_to_y(rgb)
+        expected = (float(psnr(y_pred, y_ref)[0]), float(ssim_index(y_pred, y_ref)[0]))
+        assert scores(y_pred, y_ref) == expected
+    assert scores(rgb_to_y(rgb), rgb_to_y(rgb))[0] == 100.0
     p, s = scores(a + 0.01, a)
     assert p == pytest.approx(40.0, abs=1e-4)  # mse 1e-4 -> 40 dB
     assert 0.9 < scores((a + 0.01).clamp(0, 1), a)[1] < 1.0
@@ -105,7 +103,7 @@ def test_png_encoder_writes_a_valid_png(tmp_path) -> None:
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_assess_reports_both_methods_and_writes_outputs(tmp_path, tiny_weights) -> None:
     data = smooth_image(200, 180, 4).transpose(2, 0, 1) * 3000 + 500
-    src = write_raster(tmp_path / "in.tif", data)
+    src = utm_raster(tmp_path / "in.tif", data)
     options = AssessOptions(
         weights=str(tiny_weights),
         bands=[3, 2, 1],
@@ -141,7 +139,7 @@ def test_assess_reports_both_methods_and_writes_outputs(tmp_path, tiny_weights) 
 
 def test_assess_single_band_and_extent(tmp_path, tiny_weights) -> None:
     data = smooth_image(160, 160, 1).transpose(2, 0, 1) * 200
-    src = write_raster(tmp_path / "pan.tif", data, dtype="uint8")
+    src = utm_raster(tmp_path / "pan.tif", data, dtype="uint8")
     # the south-east quarter, in map coordinates
     bounds = [500000 + 80 * 30, 7200000 - 160 * 30, 500000 + 160 * 30, 7200000 - 80 * 30]
     report = assess(
@@ -161,7 +159,7 @@ def test_assess_single_band_and_extent(tmp_path, tiny_weights) -> None:
     ],
 )
 def test_assess_user_errors(tmp_path, tiny_weights, options, message) -> None:
-    src = write_raster(tmp_path / "in.tif", smooth_image(100, 100, 3).transpose(2, 0, 1) * 1000)
+    src = utm_raster(tmp_path / "in.tif", smooth_image(100, 100, 3).transpose(2, 0, 1) * 1000)
     with pytest.raises(QualityError, match=message):
         assess(src, AssessOptions(weights=str(tiny_weights), precision="fp32", **options))
 
@@ -169,6 +167,6 @@ def test_assess_user_errors(tmp_path, tiny_weights, options, message) -> None:
 def test_assess_refuses_a_mostly_nodata_sample(tmp_path, tiny_weights) -> None:
     data = smooth_image(100, 100, 3).transpose(2, 0, 1) * 1000 + 1
     data[:, :, :70] = 0
-    src = write_raster(tmp_path / "collar.tif", data, nodata=0)
+    src = utm_raster(tmp_path / "collar.tif", data, nodata=0)
     with pytest.raises(QualityError, match="nodata"):
         assess(src, AssessOptions(weights=str(tiny_weights), precision="fp32"))
