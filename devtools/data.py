@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
 
 REFERENCE_SCENE = "data/fixtures/rasterio/RGB.byte.tif"
 """A real aerial scene in the shared folder: what the receptive margin is measured on."""
@@ -61,7 +64,7 @@ def geotiff_profile(
     count: int = 3,
     dtype: str = "uint8",
     *,
-    crs: str | None = "EPSG:32633",
+    crs: str | CRS | None = "EPSG:32633",
     transform: Any = None,
     nodata: float | None = None,
     driver: str = "GTiff",
@@ -91,7 +94,7 @@ def write_raster(
     path: Path,
     data: np.ndarray,
     *,
-    crs: str | None = "EPSG:32633",
+    crs: str | CRS | None = "EPSG:32633",
     transform: Any = None,
     nodata: float | None = None,
     driver: str = "GTiff",
