@@ -30,9 +30,10 @@ import numpy as np
 import rasterio
 import torch
 
+from backend.engine.job import default_batch, default_overlap, default_tile, max_tile_out
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import TilePlan, make_plan
-from backend.engine.run import default_batch, default_overlap, default_tile, max_tile_out, upscale_raster
+from backend.engine.run import upscale_raster
 from backend.inference import SuperResolver
 from backend.model import SlimDiffSRStudent
 from backend.weights import load_weights
@@ -65,9 +66,9 @@ def throughput(
     src = synthetic_raster(folder / f"in_{size}.tif", size)
     loaded = load_weights(weights)
     resolver = SuperResolver(loaded.model, scale, device, precision)
-    batch = batch or default_batch(resolver.device)
+    batch = batch or default_batch(resolver.device.type)
     width = loaded.model.config.vae_channels
-    tile = default_tile(scale, width, batch, max_side=max_tile_out(resolver.device))
+    tile = default_tile(scale, width, batch, max_side=max_tile_out(resolver.device.type))
     plan = make_plan(size, size, scale, tile, default_overlap(scale), resolver.multiple)
     out_px = (size * scale) ** 2
     t_model = model_only_seconds(resolver, plan, batch)

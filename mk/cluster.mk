@@ -9,4 +9,4 @@ cluster-demo: venv
 # The same 2048x2048 input locally and on two local workers, per-task overhead, the
 # client's peak RSS at two sizes, one writer against GDAL-assembled parts.
 bench-cluster: venv
-	$(PY) -m backend.engine.bench_cluster
+	$(PY) -m devtools.bench_cluster

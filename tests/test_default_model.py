@@ -15,7 +15,7 @@ from backend.default_model import (
     initial_student,
     measure_margin,
 )
-from backend.engine.run import default_overlap
+from backend.engine.job import default_overlap
 from backend.model import COMPACT_STUDENT
 from backend.weights import default_weights_path, load_weights, save_safetensors
 

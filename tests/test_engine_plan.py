@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from backend.engine import Blender, make_plan
+from backend.engine.job import default_overlap
 from backend.engine.plan import axis_starts, balanced_tile
-from backend.engine.run import default_overlap
 from devtools.margin import receptive_margin
 
 
@@ -123,7 +123,7 @@ def test_plan_on_a_1024_raster_computes_little_more_than_its_area() -> None:
 
 
 def test_default_tile_follows_the_memory_of_the_paper_default() -> None:
-    from backend.engine.run import default_tile
+    from backend.engine.job import default_tile
 
     assert default_tile(4) == 192  # the paper's student, batch of four: 768 output pixels
     assert default_tile(4, full_res_width=64, batch=1) == 1536 // 4

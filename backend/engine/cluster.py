@@ -29,10 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rasterio
-from rasterio.errors import RasterioError
-
-from backend import __version__
 from backend.engine.cluster_tasks import (
     ModelSpec,
     RegionJob,
@@ -42,31 +38,14 @@ from backend.engine.cluster_tasks import (
     pick,
     run_region,
 )
+from backend.engine.job import Job, ModelFacts, gdal_env
 from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
-from backend.engine.plan import make_plan
-from backend.engine.reader import TileReader, inspect_source
-from backend.engine.regions import default_region_tiles, split_plan
-from backend.engine.run import (
-    GDAL_CACHE_MB,
-    default_batch,
-    default_overlap,
-    default_tile,
-    max_tile_out,
-)
+from backend.engine.regions import Region, Seam, default_region_tiles, split_plan
 from backend.engine.writer import (
-    BIGTIFF_THRESHOLD,
     GdalErrors,
     TempOutput,
-    check_disk_space,
-    check_not_a_source,
-    check_paths,
-    copy_metadata,
-    estimate_bytes,
-    output_profile,
-    remove_stale_parts,
     write_block,
 )
-from backend.errors import one_line
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler before giving up (the whole error comes well
@@ -251,184 +230,94 @@ def upscale_raster_on_cluster(
     """``upscale_raster`` with its windows computed on ``options.scheduler`` (or on an
     already connected ``cluster``): same checks, same plan, same file."""
     options = options or UpscaleOptions()
-    t0 = time.monotonic()
-    src_path, dst_path = Path(input), Path(output)
-    check_paths(src_path, dst_path)
-    remove_stale_parts(dst_path)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
-        info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
-        check_not_a_source(dst_path, src_path, info.files)
-        if options.batch_size is not None and options.batch_size < 1:
-            raise EngineError("batch size must be at least 1")
-        with contextlib.ExitStack() as stack:
-            if cluster is None:
-                cluster = stack.enter_context(open_cluster(str(options.scheduler)))
-            spec = _model_spec(model, options)
-            workers = cluster.workers or probe_workers(cluster, spec)
-            if log:
-                log(cluster.describe())
-            return _run(cluster, spec, workers, src_path, dst_path, info, options, progress, cancel, t0)
-    raise AssertionError("unreachable")
+    with gdal_env(), contextlib.ExitStack() as stack:
+        job = Job.open(input, output, options)
+        if cluster is None:
+            cluster = stack.enter_context(open_cluster(str(options.scheduler)))
+        spec = _model_spec(model, options)
+        workers = cluster.workers or probe_workers(cluster, spec)
+        if log:
+            log(cluster.describe())
+        return _run(cluster, spec, workers, job, progress, cancel)
+
+
+def _model_facts(cluster: Cluster, worker: dict[str, Any]) -> ModelFacts:
+    """The model as the first worker reported it: every worker runs the same plan, so GPU
+    workers get the GPU's tiles and batches, as the local engine follows its own device."""
+    return ModelFacts(
+        worker["model"],
+        worker["scale"],
+        worker["vae_channels"],
+        worker["multiple"],
+        worker["margin"],
+        worker["device_type"],
+        f"Dask {cluster.summary()}",
+        worker["device"].rpartition(", ")[2],
+    )
 
 
 def _run(
     cluster: Cluster,
     spec: ModelSpec,
     workers: dict[str, dict[str, Any]],
-    src_path: Path,
-    dst_path: Path,
-    info: Any,
-    options: UpscaleOptions,
-    progress: Any,
-    cancel: Any,
-    t0: float,
+    job: Job,
+    progress: Callable[[Progress], None] | None,
+    cancel: Callable[[], bool] | None,
 ) -> UpscaleReport:
-    import torch
-
     first = next(iter(workers.values()))
-    # The plan follows the workers' device as the local engine follows its own: every
-    # worker runs the same plan, so GPU workers get the GPU's tiles and batches.
-    device = torch.device(first["device_type"])
-    scale = first["scale"]
-    batch = options.batch_size or default_batch(device)
-    tile = options.tile_size or default_tile(
-        scale,
-        first["vae_channels"],
-        batch,
-        info.width * scale,
-        len(info.bands),
-        options.block_size,
-        max_tile_out(device),
-    )
-    overlap = options.overlap if options.overlap is not None else default_overlap(scale, first["margin"])
-    if tile < 8 or overlap < 0:
-        raise EngineError(
-            f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
-            "pixels and an overlap of 0 or more"
-        )
-    try:
-        plan = make_plan(info.width, info.height, scale, tile, overlap, first["multiple"], options.block_size)
-    except ValueError as exc:
-        raise EngineError(f"{exc}; choose a smaller --overlap or a larger --tile-size") from None
-    count = len(info.bands) + (1 if info.alpha else 0)
-    size = estimate_bytes(plan.out_width, plan.out_height, count, info.dtype, options.overviews, options.cog)
-    check_disk_space(dst_path.parent, size, options.cog)
-    with TileReader(info) as reader:
-        radiometry = reader.global_radiometry()
+    facts = _model_facts(cluster, first)
+    plan = job.plan_for(facts)
     client = cluster.client
-    resources = dict(options.task_resources) or None
-    stats: list[Any] = []
+    resources = dict(job.options.task_resources) or None
     futures: set[Any] = set()
-    temp = TempOutput(dst_path)
-    try:
-        if first["color_match"]:
-            f = client.submit(
-                color_stats,
-                spec,
-                plan,
-                info,
-                radiometry,
-                max(1, options.stat_windows),
-                batch,
-                pure=False,
-                resources=resources,
-            )
-            futures.add(f)
-            while not f.done():
-                _check_cancel(cancel)
-                time.sleep(0.05)
-            stats = f.result()
-            futures.discard(f)
-        bigtiff = size > BIGTIFF_THRESHOLD
-        with rasterio.open(src_path) as src:
-            provenance = {
-                "SLIMDIFFSR_MODEL": first["model"],
-                "SLIMDIFFSR_SCALE": str(scale),
-                "SLIMDIFFSR_PRECISION": first["device"].rpartition(", ")[2],
-                "SLIMDIFFSR_DEVICE": f"Dask {cluster.summary()}",
-                "SLIMDIFFSR_VERSION": __version__,
-                "SLIMDIFFSR_SOURCE": src_path.name,
-                "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)),
-                **options.extra_tags,
-            }
-            threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
-            profile = output_profile(
-                src,
-                count,
-                scale,
-                info.nodata,
-                options.compress,
-                options.block_size,
-                bigtiff,
-                threads,
-                info.georeferenced,
-            )
-            crs_wkt = src.crs.to_wkt() if src.crs else ""
-            temp.create()
-            with GdalErrors.watch("writing the output"):
-                try:
-                    dst = rasterio.open(temp.path, "w", **profile)
-                except RasterioError as exc:
-                    raise EngineError(f"cannot create the output ({one_line(exc, 200)})") from None
-                with dst:
-                    copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                    skipped = _compute_and_write(
-                        client,
-                        spec,
-                        plan,
-                        info,
-                        radiometry,
-                        stats,
-                        batch,
-                        options,
-                        resources,
-                        dst,
-                        futures,
-                        progress,
-                        cancel,
-                        t0,
-                    )
-        temp.finish(
-            options.overviews,
-            options.cog,
-            options.compress,
-            options.block_size,
-            bigtiff,
-            (plan.out_width, plan.out_height, count, info.dtype),
-        )
-    except EngineError as exc:
-        _cancel(client, futures)
-        temp.discard()
-        if exc.stage is None:
-            exc.stage = "run"
-        raise
-    except BaseException:
-        _cancel(client, futures)
-        temp.discard()
-        raise
-    elapsed = time.monotonic() - t0
+    temp = TempOutput(job.dst)
+    with job.failures(temp):
+        try:
+            stats: list[Any] = []
+            if first["color_match"]:
+                stats = _color_stats(client, spec, job, resources, futures, cancel)
+            tasks = RegionTasks(client, spec, job, stats, resources, futures)
+            skipped, crs_wkt = job.write(temp, lambda dst: tasks.compute_and_write(dst, progress, cancel))
+        except BaseException:
+            _cancel(client, futures)
+            raise
     if progress:
-        progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
-    return UpscaleReport(
-        input=str(src_path),
-        output=str(dst_path),
-        input_size=(info.width, info.height),
-        output_size=(plan.out_width, plan.out_height),
-        scale=scale,
-        bands=info.bands,
-        dtype=info.dtype,
-        crs=crs_wkt,
-        georeferenced=info.georeferenced,
-        model=first["model"],
-        device=cluster.summary(),
-        tiles=len(plan),
-        tiles_skipped=skipped,
-        tile_size=plan.tile,
-        overlap=plan.overlap,
-        elapsed_s=elapsed,
-        radiometry=radiometry.describe(),
-        workers=[f"{a} ({w['device']})" for a, w in cluster.workers.items()],
+        progress(Progress(1.0, len(plan), len(plan), job.elapsed, 0.0, "done"))
+    return job.report(
+        facts,
+        skipped,
+        crs_wkt,
+        cluster.summary(),
+        [f"{a} ({w['device']})" for a, w in cluster.workers.items()],
     )
+
+
+def _color_stats(
+    client: Any,
+    spec: ModelSpec,
+    job: Job,
+    resources: dict[str, float] | None,
+    futures: set[Any],
+    cancel: Callable[[], bool] | None,
+) -> list[Any]:
+    """The colour statistics, computed by one worker over windows spread across the raster."""
+    f = client.submit(
+        color_stats,
+        spec,
+        job.plan,
+        job.info,
+        job.radiometry,
+        max(1, job.options.stat_windows),
+        job.batch,
+        pure=False,
+        resources=resources,
+    )
+    futures.add(f)
+    while not f.done():
+        _check_cancel(cancel)
+        time.sleep(0.05)
+    futures.discard(f)
+    return list(f.result())
 
 
 def _cancel(client: Any, futures: set[Any]) -> None:
@@ -437,88 +326,96 @@ def _cancel(client: Any, futures: set[Any]) -> None:
         client.cancel(list(futures), force=True)
 
 
-def _compute_and_write(
-    client: Any,
-    spec: ModelSpec,
-    plan: Any,
-    info: Any,
-    radiometry: Any,
-    stats: list[Any],
-    batch: int,
-    options: UpscaleOptions,
-    resources: Any,
-    dst: Any,
-    futures: set[Any],
-    progress: Any,
-    cancel: Any,
-    t0: float,
-) -> int:
-    """Submit regions (a bounded number ahead of the writer) and seams; write what comes back.
+@dataclass
+class RegionTasks:
+    """The regions and seams of one job on the cluster, and the writer of what comes back.
 
     ``futures`` holds the futures this client still needs (for cancelling them): a region's
     own future is dropped once its parts are picked, a part once its seam is submitted, so
     the cluster frees each result as soon as nothing needs it."""
-    from distributed import wait
 
-    regions, seams = split_plan(plan, options.region_tiles or default_region_tiles(plan))
-    seam_blocks = {s.index: s.blocks for s in seams}
-    n_workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
-    in_flight = 2 * n_workers + 2
-    parts: dict[int, dict[int, Any]] = {s.index: {} for s in seams}
-    pending: dict[Any, str] = {}
-    next_region = 0
-    written = tiles_done = skipped = 0
-    total_blocks = plan.block_grid[0] * plan.block_grid[1]
+    client: Any
+    spec: ModelSpec
+    job: Job
+    stats: list[Any]
+    resources: dict[str, float] | None
+    futures: set[Any]
+    pending: dict[Any, str] = field(default_factory=dict)
+    """Futures whose results the writer waits for: 'region' or 'seam'."""
+    _seams: list[Seam] = field(default_factory=list)
+    _parts: dict[int, dict[int, Any]] = field(default_factory=dict)
+    """Per seam: the pieces its regions computed so far, by region index."""
 
-    def submit_region(r: Any) -> None:
-        job = RegionJob(spec, plan, info, radiometry, stats, batch, r, {s: seam_blocks[s] for s in r.seams})
-        fut = client.submit(run_region, job, pure=False, priority=-r.index, resources=resources)
+    def compute_and_write(
+        self, dst: Any, progress: Callable[[Progress], None] | None, cancel: Callable[[], bool] | None
+    ) -> int:
+        """Submit regions (a bounded number ahead of the writer) and seams; write what comes
+        back into ``dst``. Returns the number of skipped (all-nodata) tiles."""
+        from distributed import wait
+
+        client, job, futures = self.client, self.job, self.futures
+        plan = job.checked_plan()
+        regions, seams = split_plan(plan, job.options.region_tiles or default_region_tiles(plan))
+        self._seams = seams
+        self._parts = {s.index: {} for s in seams}
+        n_workers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        in_flight = 2 * n_workers + 2
+        next_region = 0
+        written = tiles_done = skipped = 0
+        total_blocks = plan.block_grid[0] * plan.block_grid[1]
+        while written < total_blocks:
+            _check_cancel(cancel)
+            regions_waiting = sum(1 for kind in self.pending.values() if kind == "region")
+            while next_region < len(regions) and regions_waiting < in_flight:
+                self._submit_region(regions[next_region])
+                next_region += 1
+                regions_waiting += 1
+            if not self.pending:
+                raise EngineError("the cluster run ended with blocks not written (a bug; please report it)")
+            try:
+                done, _ = wait(list(self.pending), timeout=0.2, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for fut in done:
+                kind = self.pending.pop(fut)
+                result = fut.result()  # re-raises the task's error here
+                blocks = result["finished"] if kind == "region" else result
+                for b in blocks:
+                    with GdalErrors.watch("writing the output"):
+                        write_block(dst, plan.block_at(b.row, b.col), b.values, b.alpha, b.mask)
+                written += len(blocks)
+                futures.discard(fut)
+                if kind == "region":
+                    tiles_done += result["tiles"]
+                    skipped += result["skipped"]
+                    if progress:
+                        elapsed = job.elapsed
+                        eta = elapsed / tiles_done * (len(plan) - tiles_done) if tiles_done else None
+                        progress(Progress(tiles_done / len(plan) * 0.99, tiles_done, len(plan), elapsed, eta))
+                fut.release()
+        return skipped
+
+    def _submit_region(self, r: Region) -> None:
+        client, job, futures = self.client, self.job, self.futures
+        job_seams = {s: self._seams[s].blocks for s in r.seams}
+        region_job = RegionJob(
+            self.spec, job.checked_plan(), job.info, job.radiometry, self.stats, job.batch, r, job_seams
+        )
+        fut = client.submit(run_region, region_job, pure=False, priority=-r.index, resources=self.resources)
         done = client.submit(pick, fut, "finished", pure=False, priority=-r.index)
         futures.add(done)
-        pending[done] = "region"
+        self.pending[done] = "region"
         for s in r.seams:
             part = client.submit(pick, fut, s, pure=False, priority=-r.index)
             futures.add(part)
-            parts[s][r.index] = part
-            seam = seams[s]
-            if len(parts[s]) == len(seam.regions):
-                ordered = [parts[s][i] for i in seam.regions]
+            self._parts[s][r.index] = part
+            seam = self._seams[s]
+            if len(self._parts[s]) == len(seam.regions):
+                ordered = [self._parts[s][i] for i in seam.regions]
                 sf = client.submit(
-                    finish_seam, plan, info, radiometry, seam, *ordered, pure=False, priority=1
+                    finish_seam, job.plan, job.info, job.radiometry, seam, *ordered, pure=False, priority=1
                 )
                 futures.add(sf)
                 futures.difference_update(ordered)
-                pending[sf] = "seam"
-                del parts[s]
-
-    while written < total_blocks:
-        _check_cancel(cancel)
-        regions_waiting = sum(1 for kind in pending.values() if kind == "region")
-        while next_region < len(regions) and regions_waiting < in_flight:
-            submit_region(regions[next_region])
-            next_region += 1
-            regions_waiting += 1
-        if not pending:
-            raise EngineError("the cluster run ended with blocks not written (a bug; please report it)")
-        try:
-            done, _ = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            continue
-        for fut in done:
-            kind = pending.pop(fut)
-            result = fut.result()  # re-raises the task's error here
-            blocks = result["finished"] if kind == "region" else result
-            for b in blocks:
-                with GdalErrors.watch("writing the output"):
-                    write_block(dst, plan.block_at(b.row, b.col), b.values, b.alpha, b.mask)
-            written += len(blocks)
-            futures.discard(fut)
-            if kind == "region":
-                tiles_done += result["tiles"]
-                skipped += result["skipped"]
-                if progress:
-                    elapsed = time.monotonic() - t0
-                    eta = elapsed / tiles_done * (len(plan) - tiles_done) if tiles_done else None
-                    progress(Progress(tiles_done / len(plan) * 0.99, tiles_done, len(plan), elapsed, eta))
-            fut.release()
-    return skipped
+                self.pending[sf] = "seam"
+                del self._parts[s]

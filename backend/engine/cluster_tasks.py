@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import rasterio
-
 from backend.engine.blender import Blender, Piece, contribution, sum_contributions
 from backend.engine.finish import FinishedBlock, finish_block
+from backend.engine.job import gdal_env
 from backend.engine.options import EngineCancelled, UpscaleOptions
 from backend.engine.plan import TilePlan
 from backend.engine.radiometry import Radiometry
@@ -109,7 +108,7 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
     the finished blocks go to the writer, the pieces to the seam tasks.
     """
     from backend.engine.model import ModelStep
-    from backend.engine.run import GDAL_CACHE_MB, _run_batch
+    from backend.engine.run import _run_batch
 
     plan, info = job.plan, job.info
     step = ModelStep(worker_model(job.spec)[0], job.radiometry)
@@ -120,7 +119,7 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
     out: dict[Any, Any] = {s: {} for s in job.seams}
     finished: list[FinishedBlock] = []
     skipped = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info, job.radiometry) as reader:
+    with gdal_env(), TileReader(info, job.radiometry) as reader:
         windows = [plan.window(i) for i in job.region.windows]
         for i in range(0, len(windows), job.batch):
             batch = [reader.read_tile(w) for w in windows[i : i + job.batch]]
@@ -155,10 +154,8 @@ def finish_seam(
     *parts: dict[tuple[int, int], list[Piece]],
 ) -> list[FinishedBlock]:
     """Blend and finish a seam's blocks from the pieces of the regions around it."""
-    from backend.engine.run import GDAL_CACHE_MB
-
     done = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info) as masks:
+    with gdal_env(), TileReader(info) as masks:
         for key in seam.blocks:
             pieces = [p for part in parts for p in part.get(key, [])]
             block = plan.block_at(*key)

@@ -16,26 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioError
 
-from backend import __version__
 from backend.engine.blender import Blender
 from backend.engine.finish import finish_block
+from backend.engine.job import Job, ModelFacts, gdal_env
 from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
-from backend.engine.plan import TilePlan, Window, make_plan
-from backend.engine.reader import SourceInfo, TileInput, TileReader, inspect_source
+from backend.engine.plan import TilePlan, Window
+from backend.engine.reader import SourceInfo, TileInput, TileReader
 from backend.engine.writer import (
-    BIGTIFF_THRESHOLD,
     GdalErrors,
     TempOutput,
-    check_disk_space,
-    check_not_a_source,
-    check_paths,
-    copy_metadata,
-    estimate_bytes,
-    output_profile,
-    remove_stale_parts,
     write_block,
 )
 
@@ -44,86 +34,10 @@ if TYPE_CHECKING:  # torch and the model load only once the input has passed its
 
     from backend.engine.model import ModelLike, ModelStep
 
-DEFAULT_TILE_OUT = 768
-"""Default tile side in output pixels of the paper's student at a batch of four; other
-models and batches get the tile of the same activation memory (``default_tile``)."""
-MAX_TILE_OUT = 2048
-"""Largest automatic tile side in output pixels."""
-MAX_TILE_OUT_CPU = 1280
-"""Largest automatic tile side on the CPU: there the network's speed per pixel falls once a
-tile's activations outgrow the caches (bundled model, bf16, 2 cores: 2.1 output Mpx/s for
-512-1024 px tiles, 2.0 at 1472, 1.5 at 2048), which costs more than the extra overlap of
-smaller tiles."""
-STRIP_BUDGET_MB = 256
-"""Memory for the blend accumulators of one strip of tiles across the output."""
-FULL_RES_WIDTH = 64
-"""Channels at output resolution of the paper's student (its tiny autoencoder width)."""
-DEFAULT_BATCH = 4
-DEFAULT_OVERLAP_OUT = 128
-"""Default overlap in output pixels for weights that record no receptive margin (32 input
-pixels at x4, 16 at x8): about twice the measured margin of the paper's student (55
-output pixels), so the quarter discarded at each interior edge plus half the ramp covers
-it; see docs/engine.md."""
-MIN_OVERLAP_OUT = 64
-"""Smallest default overlap in output pixels: its blend ramp (half of it) fades the small
-difference the global operations make between neighbouring tiles over 32 pixels."""
-GDAL_CACHE_MB = 128
 _DONE = object()
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
-
-
-def default_batch(device: torch.device) -> int:
-    """Tiles per model call: 4 on a GPU; 1 on the CPU, where a batch runs no faster than
-    its tiles one by one and only multiplies the memory."""
-    return DEFAULT_BATCH if device.type == "cuda" else 1
-
-
-def max_tile_out(device: torch.device) -> int:
-    """The automatic tile's upper bound in output pixels on ``device``."""
-    return MAX_TILE_OUT if device.type == "cuda" else MAX_TILE_OUT_CPU
-
-
-def default_tile(
-    scale: int,
-    full_res_width: int = FULL_RES_WIDTH,
-    batch: int = DEFAULT_BATCH,
-    out_width: int | None = None,
-    bands: int = 3,
-    block: int = 512,
-    max_side: int = MAX_TILE_OUT,
-) -> int:
-    """Default tile in input pixels: the largest one whose full-resolution activations
-    (side^2 x width x batch) stay within those of the paper's student at 768 px x 4, and
-    whose strip of blend accumulators across the output (side + block rows x ``out_width``
-    x ``bands`` float32) stays within ``STRIP_BUDGET_MB``.
-
-    Larger tiles waste less of the network's work on overlaps (a 1024^2 raster at x4 in
-    768 px tiles computes 1.41x its area, in 2048 px tiles 1.14x), so a narrower model or a
-    batch of one gets the larger tile the same memory allows; the strip bound keeps memory
-    independent of the raster's width as well as of its height. ``max_side`` caps it
-    (:func:`max_tile_out`).
-    """
-    budget = DEFAULT_TILE_OUT**2 * FULL_RES_WIDTH * DEFAULT_BATCH
-    side = int((budget / (max(1, full_res_width) * max(1, batch))) ** 0.5)
-    if out_width:
-        side = min(side, STRIP_BUDGET_MB * 2**20 // (out_width * max(1, bands) * 4) - block)
-    side = min(max_side, max(DEFAULT_TILE_OUT // 4, side // 64 * 64))
-    return max(16, side // scale)
-
-
-def default_overlap(scale: int, margin_out: int | None = None) -> int:
-    """Default overlap in input pixels.
-
-    Twice the model's measured receptive margin (``margin_out``, output pixels, recorded in
-    its weights), at least ``MIN_OVERLAP_OUT``; ``DEFAULT_OVERLAP_OUT`` (sized for the
-    paper's student) when the weights record none. The bundled models' margins (9 output
-    px at x4, 16 at x8) give 64 output px: 1.25x faster than 128 on a 1024^2 raster, with
-    no visible seam (docs/engine.md).
-    """
-    out = DEFAULT_OVERLAP_OUT if margin_out is None else max(MIN_OVERLAP_OUT, 2 * margin_out)
-    return max(2, -(-out // scale))
 
 
 def upscale_raster(
@@ -154,144 +68,40 @@ def upscale_raster(
         from backend.engine.cluster import upscale_raster_on_cluster
 
         return upscale_raster_on_cluster(input, output, model, options, progress, cancel, log)
-    t0 = time.monotonic()
-    src_path, dst_path = Path(input), Path(output)
-    check_paths(src_path, dst_path)
-    remove_stale_parts(dst_path)  # what killed runs left (before the free-space check: it frees space)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True):
-        info = inspect_source(src_path, options.bands, options.all_bands, options.nodata)
-        check_not_a_source(dst_path, src_path, info.files)
-        if options.batch_size is not None and options.batch_size < 1:
-            raise EngineError("batch size must be at least 1")
+    with gdal_env():
+        job = Job.open(input, output, options)
         # Imported only now: a bad path or input is refused in a fraction of a second instead
         # of after the seconds torch takes to load.
         from backend.engine.calibration import calibrate_on_raster
         from backend.engine.model import ModelStep, resolve_model
 
         resolver, model_name = resolve_model(model, options)
-        scale = resolver.scale
-        batch = options.batch_size or default_batch(resolver.device)
-        width = resolver.model.config.vae_channels
-        tile = options.tile_size or default_tile(
-            scale,
-            width,
-            batch,
-            info.width * scale,
-            len(info.bands),
-            options.block_size,
-            max_tile_out(resolver.device),
+        facts = ModelFacts(
+            model_name,
+            resolver.scale,
+            resolver.model.config.vae_channels,
+            resolver.multiple,
+            resolver.receptive_margin,
+            resolver.device.type,
+            resolver.description,
+            resolver.precision,
         )
-        overlap = (
-            options.overlap
-            if options.overlap is not None
-            else default_overlap(scale, resolver.receptive_margin)
-        )
-        if tile < 8 or overlap < 0:
-            raise EngineError(
-                f"tile size {tile} / overlap {overlap} invalid: use a tile of at least 8 input "
-                "pixels and an overlap of 0 or more"
+        plan = job.plan_for(facts)
+        assert job.radiometry is not None
+        step = ModelStep(resolver, job.radiometry)
+        temp = TempOutput(job.dst)
+        with job.failures(temp):
+            calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
+            cache = _estimate_stats(plan, job.info, step, options, job.batch, cancel)
+            skipped, crs_wkt = job.write(
+                temp,
+                lambda dst: _execute(
+                    plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
+                ),
             )
-        try:
-            plan = make_plan(
-                info.width, info.height, scale, tile, overlap, resolver.multiple, options.block_size
-            )
-        except ValueError as exc:
-            raise EngineError(f"{exc}; choose a smaller --overlap or a larger --tile-size") from None
-        count = len(info.bands) + (1 if info.alpha else 0)
-        size = estimate_bytes(
-            plan.out_width, plan.out_height, count, info.dtype, options.overviews, options.cog
-        )
-        check_disk_space(dst_path.parent, size, options.cog)
-        with TileReader(info) as reader:
-            radiometry = reader.global_radiometry()
-        step = ModelStep(resolver, radiometry)
-        bigtiff = size > BIGTIFF_THRESHOLD
-        temp = TempOutput(dst_path)
-        try:
-            calibrate_on_raster(plan, info, step)  # int8 on CPUs without bf16 (precision auto/int8)
-            cache = _estimate_stats(plan, info, step, options, batch, cancel)
-            with rasterio.open(src_path) as src:
-                provenance = {
-                    "SLIMDIFFSR_MODEL": model_name,
-                    "SLIMDIFFSR_SCALE": str(scale),
-                    "SLIMDIFFSR_PRECISION": resolver.precision,
-                    "SLIMDIFFSR_DEVICE": resolver.description,
-                    "SLIMDIFFSR_VERSION": __version__,
-                    "SLIMDIFFSR_SOURCE": src_path.name,
-                    "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)),
-                    **options.extra_tags,
-                }
-                threads = str(options.io_threads) if options.io_threads else "ALL_CPUS"
-                profile = output_profile(
-                    src,
-                    count,
-                    scale,
-                    info.nodata,
-                    options.compress,
-                    options.block_size,
-                    bigtiff,
-                    threads,
-                    info.georeferenced,
-                )
-                crs_wkt = src.crs.to_wkt() if src.crs else ""
-                temp.create()
-                with GdalErrors.watch("writing the output"):
-                    try:
-                        dst = rasterio.open(temp.path, "w", **profile)
-                    except RasterioError as exc:
-                        raise EngineError(
-                            f"cannot create the output ({str(exc).splitlines()[0][:200]})"
-                        ) from None
-                    with dst:
-                        copy_metadata(src, dst, info.bands, info.alpha, provenance)
-                        tiles_skipped = _execute(
-                            plan, info, step, dst, cache, options, batch, progress, cancel, t0
-                        )
-            temp.finish(
-                options.overviews,
-                options.cog,
-                options.compress,
-                options.block_size,
-                bigtiff,
-                (plan.out_width, plan.out_height, count, info.dtype),
-            )
-        except EngineError as exc:
-            temp.discard()
-            if exc.stage is None:
-                exc.stage = "run"
-            raise
-        except MemoryError:
-            temp.discard()
-            raise EngineError(
-                "the computer ran out of memory; lower the tile size or the batch size, or "
-                "close other programs. The previous output, if any, was kept",
-                "run",
-            ) from None
-        except BaseException:
-            temp.discard()
-            raise
-    elapsed = time.monotonic() - t0
     if progress:
-        progress(Progress(1.0, len(plan), len(plan), elapsed, 0.0, "done"))
-    return UpscaleReport(
-        input=str(src_path),
-        output=str(dst_path),
-        input_size=(info.width, info.height),
-        output_size=(plan.out_width, plan.out_height),
-        scale=scale,
-        bands=info.bands,
-        dtype=info.dtype,
-        crs=crs_wkt,
-        georeferenced=info.georeferenced,
-        model=model_name,
-        device=resolver.description,
-        tiles=len(plan),
-        tiles_skipped=tiles_skipped,
-        tile_size=plan.tile,
-        overlap=plan.overlap,
-        elapsed_s=elapsed,
-        radiometry=radiometry.describe(),
-    )
+        progress(Progress(1.0, len(plan), len(plan), job.elapsed, 0.0, "done"))
+    return job.report(facts, skipped, crs_wkt, resolver.description)
 
 
 def _sample_order(n: int, k: int) -> Iterator[int]:
@@ -399,7 +209,7 @@ def _execute(
     n_out = len(info.bands)
 
     def read_loop() -> None:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), TileReader(info, radiometry) as reader:
+        with gdal_env(), TileReader(info, radiometry) as reader:
             for i in range(0, len(windows), batch_size):
                 batch = [
                     TileInput(w, None, np.ones((1, 1), bool)) if w.index in cache else reader.read_tile(w)
@@ -411,8 +221,7 @@ def _execute(
 
     def write_loop() -> None:
         blender = Blender(plan, n_out)
-        env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True)
-        with env, TileReader(info) as masks:
+        with gdal_env(), TileReader(info) as masks:
             while True:
                 try:
                     item = outbox.get(timeout=0.1)

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -129,39 +130,54 @@ file 6 % larger (51.9 MB against 48.9 MB; 100.7 MB uncompressed). DEFLATE rather
 slightly faster ZSTD because every GIS reads it."""
 
 
-def output_profile(
-    src: rasterio.io.DatasetReader,
-    count: int,
-    scale: int,
-    nodata: float | None,
-    compress: str,
-    block: int,
-    bigtiff: bool,
-    threads: str,
-    georeferenced: bool = True,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OutputSpec:
+    """The output GeoTIFF as it must come out: size, bands, type, layout and finishing."""
+
+    width: int
+    height: int
+    count: int
+    dtype: str
+    scale: int
+    nodata: float | None
+    compress: str
+    block: int
+    bigtiff: bool
+    threads: str
+    """GDAL's NUM_THREADS for compression: a number or ALL_CPUS."""
+    georeferenced: bool = True
+    overviews: bool = False
+    cog: bool = False
+
+    @property
+    def expect(self) -> tuple[int, int, int, str]:
+        """(width, height, count, dtype): what :func:`verify_tiff` checks."""
+        return self.width, self.height, self.count, self.dtype
+
+
+def output_profile(src: rasterio.io.DatasetReader, spec: OutputSpec) -> dict[str, Any]:
     """The output's creation options. Without georeferencing in the input the output gets
     none either (GDAL would otherwise record a made-up pixel grid at the origin)."""
-    dtype = src.dtypes[0]
+    dtype, compress = spec.dtype, spec.compress
     profile: dict[str, Any] = {
         "driver": "GTiff",
-        "width": src.width * scale,
-        "height": src.height * scale,
-        "count": count,
+        "width": spec.width,
+        "height": spec.height,
+        "count": spec.count,
         "dtype": dtype,
         "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
+        "blockxsize": spec.block,
+        "blockysize": spec.block,
         "interleave": "pixel",
-        "bigtiff": "YES" if bigtiff else "NO",
-        "num_threads": threads,
+        "bigtiff": "YES" if spec.bigtiff else "NO",
+        "num_threads": spec.threads,
     }
-    if georeferenced:
-        profile["transform"] = src.transform * Affine.scale(1 / scale)
+    if spec.georeferenced:
+        profile["transform"] = src.transform * Affine.scale(1 / spec.scale)
     if src.crs is not None:
         profile["crs"] = src.crs
-    if nodata is not None:
-        profile["nodata"] = nodata
+    if spec.nodata is not None:
+        profile["nodata"] = spec.nodata
     if compress and compress.lower() != "none":
         profile["compress"] = compress
         if compress.lower() in ("deflate", "lzw", "zstd"):
@@ -407,21 +423,15 @@ class TempOutput:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def finish(
-        self,
-        overviews: bool,
-        cog: bool,
-        compress: str,
-        block: int,
-        bigtiff: bool,
-        expect: tuple[int, int, int, str],
-    ) -> None:
+    def finish(self, spec: OutputSpec) -> None:
         """Verify, add overviews and the COG layout, verify again, then rename over the target.
 
-        ``expect`` = (width, height, count, dtype) of the output. Every GDAL step is watched
-        (:class:`GdalErrors`); a file that is incomplete in any way never reaches the target.
+        Every GDAL step is watched (:class:`GdalErrors`); a file that is incomplete in any
+        way never reaches the target.
         """
         final = self.path
+        expect, block, compress = spec.expect, spec.block, spec.compress
+        overviews, cog, bigtiff = spec.overviews, spec.cog, spec.bigtiff
         verify_tiff(self.path, expect, block)
         try:
             if overviews or cog:

@@ -1,4 +1,4 @@
-"""Cluster measurements: ``python -m backend.engine.bench_cluster`` (``make bench-cluster``).
+"""Cluster measurements: ``python -m devtools.bench_cluster`` (``make bench-cluster``).
 
 * the same input (default 2048x2048, nano model, x4) locally and on ``local:2`` (two
   single-threaded worker processes on 127.0.0.1) in one run: times, their ratio, maximum
@@ -46,13 +46,18 @@ def _noop(i: int) -> int:
 
 def client_rss(size: int, weights: Path, folder: Path, scheduler: str) -> float:
     """Peak RSS (MB) of a fresh client process running ``size``^2 on the cluster (the
-    first 100 rows hold data across the full width, the rest is nodata)."""
+    first 100 rows hold data across the full width, the rest is nodata).
+
+    Read from the kernel's high-water mark of the child's own address space (VmHWM):
+    ``getrusage``'s ru_maxrss survives exec, so a child of a large parent reports the
+    parent's peak instead of its own."""
     src = synthetic_raster(folder / f"rss_{size}.tif", size, valid_rows=100)
     code = (
-        "import resource, sys; from backend.engine import UpscaleOptions, upscale_raster; "
+        "from backend.engine import UpscaleOptions, upscale_raster; "
         f"upscale_raster({str(src)!r}, {str(folder / f'rss_{size}_x4.tif')!r}, None, "
         f"UpscaleOptions(weights={str(weights)!r}, scheduler={scheduler!r})); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status') "
+        "if line.startswith('VmHWM:')) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
