@@ -11,7 +11,11 @@ step towards the input right after the network (:mod:`backend.model.lr_consisten
 before any colour match.
 
 The colour-match statistics are an input (:class:`ColorStats`): one image computes its
-own, a tiled raster passes global ones so every tile is mapped the same way.
+own, a tiled raster passes global ones so every tile is mapped the same way. The same
+holds inside the network: :meth:`SuperResolver.record_statistics` gathers the statistics
+of its global operations over a whole image once (:mod:`backend.model.global_context`),
+and :meth:`SuperResolver.restore` runs tiles with them, so the tile size does not change
+the picture.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,12 +33,17 @@ from torch import nn
 from backend.errors import UserInputError, one_line
 from backend.model import SlimDiffSRStudent
 from backend.model.fused_student import FusedStudent
+from backend.model.global_context import GlobalContext, GlobalStatistics
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
+from backend.runtime.choices import PRECISIONS, RUNTIMES
 from backend.runtime.cpu import cpu_info
 from backend.weights import LoadedWeights
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+if TYPE_CHECKING:
+    from backend.runtime.cpu_path import CpuRuntimePath
+
+NetworkFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""(network input [B, C, H, W], frozen global statistics [B, size] or None) -> image."""
 RELEASE_PAD_MULTIPLE = 256
 # Reduced precision is accepted when its relative L2 error against fp32 stays below this.
 AUTO_PRECISION_TOLERANCE = 0.01
@@ -196,7 +206,8 @@ class SuperResolver:
         self.probe_psnr: float | None = None
         # The CPU runtime path (backend.runtime), when one runs the network; None: torch.
         self.runtime: str = "torch"
-        self._cpu_path = None
+        self._cpu_path: CpuRuntimePath | None = None
+        self._recorder: FusedStudent | None = None
         self._calibrate = False
         self._wanted = precision
         # Whether 'auto' calibrates an int8 candidate: by default where the CPU has int8
@@ -233,7 +244,7 @@ class SuperResolver:
         if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise InferenceError("this GPU has no bf16 support; use fp16, fp32 or auto")
 
-    def _prepare(self, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _prepare(self, precision: str) -> NetworkFn:
         """A function image -> image running the network at ``precision``.
 
         On the CPU, bf16 runs with bf16 weights (measured 1.25x faster than autocast, which
@@ -251,13 +262,21 @@ class SuperResolver:
         if self.compile:
             model = torch.compile(model)
 
-        def network(x: torch.Tensor) -> torch.Tensor:
+        def run(x: torch.Tensor, context: GlobalContext | None) -> torch.Tensor:
             if cast_weights:
-                return model(x.to(dtype))[1].float()
+                return model(x.to(dtype), context)[1].float()
             if dtype is None:
-                return model(x)[1].float()
+                return model(x, context)[1].float()
             with torch.autocast(device_type=self.device.type, dtype=dtype):
-                return model(x)[1].float()
+                return model(x, context)[1].float()
+
+        def network(x: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
+            if statistics is None:
+                return run(x, None)
+            context = GlobalContext.frozen(statistics.to(x.device))
+            out = run(x, context)
+            context.check_consumed()
+            return out
 
         return network
 
@@ -267,9 +286,7 @@ class SuperResolver:
         probe = torch.rand(1, self.model.config.image_channels, size, size, generator=generator) * 2 - 1
         return F.avg_pool2d(probe, 5, 1, 2)  # image-like: smoother than white noise
 
-    def _choose_precision(
-        self, precision: str, runtime: str = "auto"
-    ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]:
+    def _choose_precision(self, precision: str, runtime: str = "auto") -> tuple[str, NetworkFn | None]:
         """The precision to use, and its network when the probe built it."""
         if precision != "auto":
             self._check_supported(precision)
@@ -298,15 +315,15 @@ class SuperResolver:
         with torch.inference_mode():
             reference = self._prepare("fp32")
             network = self._prepare(candidate)
-            ref = reference(self._to_device(probe))
-            test = network(self._to_device(probe))
+            ref = reference(self._to_device(probe), None)
+            test = network(self._to_device(probe), None)
         err, self.probe_psnr = probe_errors(test, ref)
         self.probe_error = err
         if np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE:
             return candidate, network
         return "fp32", reference
 
-    def _cpu_runtime(self, runtime: str, required: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def _cpu_runtime(self, runtime: str, required: bool) -> NetworkFn | None:
         """The fp32 network in a CPU runtime if one is installed and agrees with torch fp32 on
         the probe (else None, or an error when ``required``)."""
         from backend.runtime.cpu_path import CpuRuntimePath, pick_runtime
@@ -324,8 +341,8 @@ class SuperResolver:
             return None
         probe = self._probe_image()
         with torch.inference_mode():
-            ref = self._prepare("fp32")(self._to_device(probe))
-            test = path.fp32(probe)
+            ref = self._prepare("fp32")(self._to_device(probe), None)
+            test = path.fp32(probe, None)
         err, psnr = probe_errors(test, ref)
         self.probe_error, self.probe_psnr = err, psnr
         if not (np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE) and not required:
@@ -360,8 +377,8 @@ class SuperResolver:
             return False
         with torch.inference_mode():
             reference = self._prepare("fp32")
-            ref = torch.cat([reference(x).flatten() for x in inputs])
-            test = torch.cat([int8(x).flatten() for x in inputs])
+            ref = torch.cat([reference(x, None).flatten() for x in inputs])
+            test = torch.cat([int8(x, None).flatten() for x in inputs])
         err, psnr = probe_errors(test, ref)
         self.probe_error, self.probe_psnr = err, psnr
         self._calibrate = False
@@ -383,35 +400,74 @@ class SuperResolver:
         return f"{describe_device(self.device)}, {runtime}{self.precision}"
 
     # -- the network -------------------------------------------------------------------
+    def _check_multiple(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise InferenceError(f"network input {h}x{w} is not a multiple of {self.multiple}")
+
     @torch.inference_mode()
-    def run_network(self, up: torch.Tensor) -> torch.Tensor:
+    def run_network(self, up: torch.Tensor, statistics: GlobalStatistics | None = None) -> torch.Tensor:
         """Network on a batch whose size is already a multiple of ``self.multiple``.
 
         up: [B, C, H, W] in [-1, 1] (any device) -> float32 [B, C, H, W] on ``self.device``.
+        ``statistics``: the global statistics of the images the batch is cut from
+        (:meth:`record_statistics`; B a multiple of their images, tile-major); None: each
+        item's own, as the release.
         """
-        h, w = up.shape[-2:]
-        if h % self.multiple or w % self.multiple:
-            raise InferenceError(f"network input {h}x{w} is not a multiple of {self.multiple}")
-        return self._network(self._to_device(up.float()))
+        self._check_multiple(up)
+        rows = None
+        if statistics is not None:
+            if up.shape[0] % statistics.images:
+                raise InferenceError(
+                    f"a batch of {up.shape[0]} does not split into tiles of {statistics.images} images"
+                )
+            rows = statistics.for_batch(up.shape[0] // statistics.images)
+        return self._network(self._to_device(up.float()), rows)
+
+    @torch.inference_mode()
+    def record_statistics(self, up: torch.Tensor, joint: bool = False) -> GlobalStatistics:
+        """The global statistics of the images in ``up`` for :meth:`run_network`.
+
+        up: [B, C, H, W] network inputs in [-1, 1], sizes a multiple of ``self.multiple``;
+        with ``joint`` they are crops of one image, whose statistics are gathered together
+        (one row). Recorded in fp32 (whichever precision then runs the tiles), in the CPU
+        runtime when one runs the network, else by torch on this resolver's device: one
+        pass without the decoder.
+        """
+        self._check_multiple(up)
+        if self._cpu_path is not None and (joint or up.shape[0] == 1):
+            return GlobalStatistics(self._cpu_path.record(up.float()))
+        if self._recorder is None:
+            self._recorder = FusedStudent(self.model)
+        return GlobalStatistics(self._recorder.record(self._to_device(up.float()), joint).values.cpu())
 
     @torch.inference_mode()
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
         """Bicubic x scale (torch's a=-0.75, align_corners=False, as the release)."""
         return enlarge(lr.float(), self.scale)
 
-    @torch.inference_mode()
-    def restore(self, up: torch.Tensor, pad_multiple: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad (reflect, bottom/right), run, crop. Returns (raw SR, padded bicubic input).
-
-        up: [B, C, H, W] bicubic image in [-1, 1]. ``pad_multiple`` defaults to the model's
-        own multiple; the release pipeline uses 256.
-        """
+    def pad(self, up: torch.Tensor, pad_multiple: int | None = None) -> torch.Tensor:
+        """``up`` reflect-padded at the bottom and right to a multiple of ``pad_multiple``
+        (default: the model's own multiple), as the network needs."""
         m = pad_multiple or self.multiple
         if m % self.multiple:
             raise InferenceError(f"pad multiple {m} must be a multiple of the model's {self.multiple}")
         h, w = up.shape[-2:]
-        padded = reflect_pad(up.float(), (-h) % m, (-w) % m)
-        sr = self.run_network(padded)[..., :h, :w]
+        return reflect_pad(up.float(), (-h) % m, (-w) % m)
+
+    @torch.inference_mode()
+    def restore(
+        self, up: torch.Tensor, pad_multiple: int | None = None, statistics: GlobalStatistics | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad (reflect, bottom/right), run, crop. Returns (raw SR, padded bicubic input).
+
+        up: [B, C, H, W] bicubic image in [-1, 1]. ``pad_multiple`` defaults to the model's
+        own multiple; the release pipeline uses 256. ``statistics``: as for
+        :meth:`run_network`.
+        """
+        h, w = up.shape[-2:]
+        padded = self.pad(up, pad_multiple)
+        sr = self.run_network(padded, statistics)[..., :h, :w]
         return sr, padded
 
     @torch.inference_mode()
@@ -448,17 +504,3 @@ class SuperResolver:
         if self.color_match:
             sr = (stats or image_stats(sr, padded)).apply(sr)
         return (sr / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-
-    @torch.inference_mode()
-    def super_resolve_batch(self, lr: np.ndarray, stats: ColorStats | None) -> np.ndarray:
-        """Equal-sized tiles BxHxWxC in [0, 1] with shared statistics -> Bx(sH)x(sW)xC.
-
-        ``stats`` is required when this resolver colour-matches (tiles must share them).
-        """
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(lr, np.float32).transpose(0, 3, 1, 2))) * 2 - 1
-        sr = self.consistent(self.restore(self.upsample(x))[0], x)
-        if self.color_match:
-            if stats is None:
-                raise InferenceError("tiles need shared colour statistics; pass stats")
-            sr = stats.apply(sr)
-        return (sr / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()

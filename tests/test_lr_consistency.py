@@ -71,8 +71,10 @@ def test_the_weight_file_switches_it_on(tmp_path: Path) -> None:
     err_on = (reduce(torch.from_numpy(resolver.super_resolve(lr)).permute(2, 0, 1)[None], 4) - x).abs().mean()
     err_off = (reduce(torch.from_numpy(off.super_resolve(lr)).permute(2, 0, 1)[None], 4) - x).abs().mean()
     assert err_on < 0.5 * err_off
-    batch = resolver.super_resolve_batch(np.stack([lr, lr[::-1].copy()]), None)
-    assert np.abs(batch[0] - resolver.super_resolve(lr, pad_multiple=resolver.multiple)).max() < 1e-5
+    xs = torch.from_numpy(np.stack([lr, lr[::-1].copy()]).transpose(0, 3, 1, 2).copy()) * 2 - 1
+    batch = resolver.consistent(resolver.restore(resolver.upsample(xs))[0], xs)
+    single = resolver.super_resolve(lr, pad_multiple=resolver.multiple)
+    assert np.abs((batch[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy() - single).max() < 1e-5
 
 
 def test_tiles_agree_with_the_whole_image(rgb_crop, tmp_path: Path) -> None:

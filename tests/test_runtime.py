@@ -14,6 +14,8 @@ import backend.inference as inference
 from backend.inference import AUTO_INT8_MIN_PSNR, InferenceError, SuperResolver, cpu_has_fast_bf16
 from backend.model import SlimDiffSRStudent
 from backend.model.config import TINY_STUDENT
+from backend.model.fused_student import FusedStudent
+from backend.model.global_context import GlobalContext
 from backend.runtime.cpu import CpuInfo, parse_cpuinfo
 from backend.runtime.engines import available_runtimes, load_network
 from backend.runtime.export import ImageOnly, cached_onnx
@@ -104,6 +106,47 @@ def test_exported_graph_equals_torch_at_any_tile_size(model, runtime, graph_cach
         out = network(x * 2 - 1)
         assert out.shape == ref.shape
         assert float((out - ref).abs().max()) < 1e-4
+
+
+@needs_runtime
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:
+    """The recording graph gathers what torch gathers (crops of one image together, at any
+    size), and the frozen graph runs any tile size and batch with those statistics."""
+    fused = FusedStudent(model).eval()
+    record = load_network(runtime, cached_onnx(model, graph_cache, "record"), threads=1)
+    frozen = load_network(runtime, cached_onnx(model, graph_cache, "frozen"), threads=1)
+    for shape in ((1, 3, 48, 80), (3, 3, 32, 64)):
+        x = torch.nn.functional.avg_pool2d(
+            torch.rand(shape, generator=torch.Generator().manual_seed(2)), 3, 1, 1
+        )
+        with torch.inference_mode():
+            ref = fused.record(x * 2 - 1, joint=True).values
+        got = record(x * 2 - 1)
+        assert got.shape == ref.shape == (1, ref.shape[1])
+        assert float((got - ref).abs().max()) < 1e-4
+        rows = ref.expand(shape[0], -1)
+        with torch.inference_mode():
+            expected = fused(x * 2 - 1, GlobalContext.frozen(rows))[1]
+        assert float((frozen(x * 2 - 1, rows) - expected).abs().max()) < 1e-4
+
+
+@needs_runtime
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_resolver_runs_tiles_with_shared_statistics(model, runtime, real_crops) -> None:
+    """fp32 and int8 in a runtime record statistics and run tiles with them as torch does."""
+    reference = SuperResolver(model, 4, "cpu", "fp32", runtime="torch")
+    fp32 = SuperResolver(model, 4, "cpu", "fp32", runtime=runtime)
+    int8 = SuperResolver(model, 4, "cpu", "int8", runtime=runtime)
+    assert int8.calibrate(real_crops[:2])
+    up = reference.upsample(torch.from_numpy(real_crops[2].transpose(2, 0, 1).copy())[None] * 2 - 1)
+    statistics = reference.record_statistics(up)
+    assert float((fp32.record_statistics(up).values - statistics.values).abs().max()) < 1e-4
+    tiles = torch.cat([up[..., :96, :96], up[..., 96:, 96:]])
+    ref = reference.run_network(tiles, statistics)
+    assert float((fp32.run_network(tiles, statistics) - ref).abs().max()) < 1e-4
+    assert float((int8.run_network(tiles, statistics) - ref).abs().max()) < 0.05
+    assert float((reference.run_network(tiles) - ref).abs().max()) > 1e-4  # the statistics matter
 
 
 @needs_runtime

@@ -1,15 +1,25 @@
-"""The model step: a SuperResolver on batches of windows, with global colour statistics.
+"""The model step: a SuperResolver on batches of windows, with global statistics.
 
-The release's colour match maps the network output's per-channel mean/std onto those of
-its bicubic input. Computed per tile it would differ from tile to tile (seams), so here
-the statistics are estimated ONCE, by running the model on a few windows spread over the
-raster before the main pass (nodata excluded), and then applied to every tile. When one
-window covers the whole raster those windows are the image itself and the result equals
-``SuperResolver.super_resolve`` (see docs/engine.md for the remaining differences).
+Two kinds of statistics would differ from tile to tile, and with them the picture:
+
+* inside the network, those of its global operations (GroupNorm, the FSC/DSC gates'
+  spatial means, QGAM's gathered context). :func:`gather_statistics` records them ONCE
+  per raster before any tile, from the whole raster when it is at most
+  ``STATISTICS_MAX_OUT_PIXELS`` of output, else from a grid of crops spread over it and
+  reduced together; every tile then runs with them, whatever the tile size;
+* after it, the release's colour match (the output's per-channel mean/std mapped onto
+  those of its bicubic input), estimated ONCE by running the model on a few windows
+  spread over the raster before the main pass (nodata excluded), then applied to every
+  tile.
+
+When one window covers the whole raster, the network computes its own statistics and the
+result equals ``SuperResolver.super_resolve`` (see docs/engine.md for the remaining
+differences).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +27,23 @@ import numpy as np
 import torch
 
 from backend.engine.options import EngineError, UpscaleOptions
+from backend.engine.plan import TilePlan, Window
 from backend.engine.radiometry import Radiometry
+from backend.engine.reader import SourceInfo, TileReader
 from backend.inference import ColorStats, InferenceError, SuperResolver
+from backend.model.global_context import GlobalStatistics
 from backend.radiometry import split_range
 from backend.weights import LoadedWeights, WeightsError, default_weights_path, load_weights
 
 ModelLike = SuperResolver | LoadedWeights | str | Path | None
 Sample = tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]
+
+STATISTICS_MAX_OUT_PIXELS = 1024 * 1024
+"""Output pixels the statistics pass covers at most, whatever the tile size (a fixed cost,
+about that of one default tile of the paper's student): rasters up to it (256 x 256
+input pixels at x4) get exactly the statistics of a one-tile run."""
+STATISTICS_GRID = 3
+"""Larger rasters: crops on a STATISTICS_GRID x STATISTICS_GRID grid spread over them."""
 
 
 def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResolver, str]:
@@ -74,13 +94,72 @@ class _Moments:
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
+def statistics_windows(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXELS) -> list[Window]:
+    """The input windows the statistics pass reads: the whole raster when its output is at
+    most ``max_out_pixels``, else equal crops on a ``STATISTICS_GRID`` grid, evenly spread,
+    together at most ``max_out_pixels`` (sides a multiple of the plan's step).
+
+    They depend on the raster and the scale only, never on the tile size.
+    """
+    s = plan.scale
+    if plan.width * plan.height * s * s <= max_out_pixels:
+        return [Window(-1, 0, 0, 0, 0, plan.height, plan.width)]
+    side = math.isqrt(max_out_pixels // STATISTICS_GRID**2) // s
+    side = max(plan.step, side // plan.step * plan.step)
+    h, w = min(side, plan.height), min(side, plan.width)
+    rows = sorted({round(i * (plan.height - h) / (STATISTICS_GRID - 1)) for i in range(STATISTICS_GRID)})
+    cols = sorted({round(i * (plan.width - w) / (STATISTICS_GRID - 1)) for i in range(STATISTICS_GRID)})
+    return [Window(-1, 0, 0, r, c, h, w) for r in rows for c in cols]
+
+
+def gather_statistics(plan: TilePlan, info: SourceInfo, step: ModelStep) -> None:
+    """Record the network's global statistics for this raster (``step.statistics``) when it
+    takes more than one window; a single window computes its own, as the release does.
+
+    Windows with no valid pixel are left out; a raster without any keeps no statistics.
+    """
+    step.statistics = None
+    if len(plan) == 1:
+        return
+    with TileReader(info, step.radiometry) as reader:
+        tiles = [reader.read_tile(w) for w in statistics_windows(plan)]
+    crops = [t.lr for t in tiles if t.lr is not None]
+    if crops:
+        step.gather_statistics(np.stack(crops))
+
+
 class ModelStep:
-    """Batches of model inputs -> raw SR -> colour match (global stats) -> output bands."""
+    """Batches of model inputs -> raw SR -> colour match (global stats) -> output bands.
+
+    ``statistics``: the network's global statistics for the raster's band groups
+    (:func:`gather_statistics`), shared by every batch; None: each tile its own.
+    """
 
     def __init__(self, resolver: SuperResolver, radiometry: Radiometry) -> None:
         self.resolver = resolver
         self.radiometry = radiometry
         self.stats: list[ColorStats] = []
+        self.statistics: GlobalStatistics | None = None
+
+    def gather_statistics(self, crops: np.ndarray) -> GlobalStatistics:
+        """crops [K, G, 3, h, w] of the raster (model inputs) -> ``self.statistics``: each band
+        group's statistics over its K crops together."""
+        k = crops.shape[0]
+        rows = []
+        try:
+            for group in range(crops.shape[1]):
+                inside, _ = split_range(np.ascontiguousarray(crops[:, group]))
+                up = self.resolver.pad(self.resolver.upsample(torch.from_numpy(inside) * 2 - 1))
+                rows.append(self.resolver.record_statistics(up, joint=True).values)
+        except torch.OutOfMemoryError:
+            raise EngineError(
+                "the device ran out of memory on the statistics pass over "
+                f"{k} crop(s) of {crops.shape[-1]}x{crops.shape[-2]} pixels"
+            ) from None
+        except InferenceError as exc:
+            raise EngineError(str(exc)) from None
+        self.statistics = GlobalStatistics(torch.cat(rows))
+        return self.statistics
 
     def raw(self, lr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """lr [N, G, 3, h, w] -> (raw SR, bicubic input), both [N, G, 3, H, W] on CPU.
@@ -94,7 +173,7 @@ class ModelStep:
         x = torch.from_numpy(inside) * 2 - 1
         try:
             up = self.resolver.upsample(x)
-            sr = self.resolver.consistent(self.resolver.restore(up)[0], x)
+            sr = self.resolver.consistent(self.resolver.restore(up, statistics=self.statistics)[0], x)
             if excess is not None:  # values beyond the stretch: the identity path (bicubic)
                 sr = sr + self.resolver.upsample(torch.from_numpy(excess) * 2).to(sr.device)
         except torch.OutOfMemoryError:

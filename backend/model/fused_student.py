@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from backend.model.conv_fusion import fuse_linear_chains
+from backend.model.global_context import GlobalContext, GlobalStatistics
 from backend.model.student import SlimDiffSRStudent
 
 
@@ -23,8 +24,21 @@ class FusedStudent(nn.Module):
         self.encoder = fuse_linear_chains(student.vae.encoder.layers[:-1])
         self.decoder = fuse_linear_chains(student.vae.decoder.layers[1:])
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, context: GlobalContext | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As ``SlimDiffSRStudent.forward``: (z_denoised, image)."""
-        z = self.student.denoise(self.encoder(image))
+        z = self.student.denoise(self.encoder(image), context)
         out = self.decoder(z)
         return z, out + image if self.config.input_residual else out
+
+    def record(self, image: torch.Tensor, joint: bool = False) -> GlobalStatistics:
+        """The global statistics of ``image`` [B, C, H, W] (with ``joint``: a batch of crops
+        of one image, gathered together into one row).
+
+        Runs the encoder and the UNet only: every global operation is in the UNet, and the
+        decoder, the costliest part at full resolution, has none.
+        """
+        context = GlobalContext.record(joint)
+        self.student.denoise(self.encoder(image), context)
+        return context.statistics()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model.config import StudentConfig
+from backend.model.global_context import GlobalContext, GlobalGroupNorm
 from backend.model.unet_blocks import DownBlock, MidBlock, UpBlock
 
 
@@ -54,13 +55,14 @@ class PrunedUNet(nn.Module):
             pops = [skip_channels.pop() for _ in range(n + 1)]
             self.up_blocks.append(UpBlock(cin, pops, width, not last, cfg))
             cin = width
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_groups, widths[0], eps=cfg.resnet_eps)
+        self.conv_norm_out = GlobalGroupNorm(cfg.norm_groups, widths[0], eps=cfg.resnet_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
+        """``context``: where the global operations take their statistics (None: from ``x``)."""
         skips = [x]
         for block in self.down_blocks:
-            x = block(x, skips)
-        x = self.mid_block(x)
+            x = block(x, skips, context)
+        x = self.mid_block(x, context)
         for block in self.up_blocks:
-            x = block(x, skips)
-        return F.silu(self.conv_norm_out(x), inplace=True)
+            x = block(x, skips, context)
+        return F.silu(self.conv_norm_out(x, context), inplace=True)

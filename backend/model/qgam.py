@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backend.model.global_context import GlobalContext
+
 
 class QueryDrivenGlobalAggregation(nn.Module):
     """QGAM(C, num_queries, squeeze_dim); parameter names follow the release."""
@@ -40,10 +42,23 @@ class QueryDrivenGlobalAggregation(nn.Module):
         weights = torch.softmax(torch.bmm(q * self.scale, k.transpose(1, 2)), dim=-1, dtype=torch.float32)
         return torch.bmm(weights, v.float()).to(q.dtype)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: [B, L, C] -> [B, L, C]."""
-        b = tokens.shape[0]
-        q = self.q_proj(self.query).to(tokens.dtype).expand(b, -1, -1)
-        context = self._attend(q, self.k_proj(tokens), self.v_proj(tokens))
-        out = self._attend(self.q_proj_c(tokens), self.k_proj_c(context), self.v_proj_c(context))
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The queries' context over all ``tokens`` [B, L, C] -> [B, num_queries, squeeze]."""
+        q = self.q_proj(self.query).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        return self._attend(q, self.k_proj(tokens), self.v_proj(tokens))
+
+    def forward(self, tokens: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
+        """tokens: [B, L, C] -> [B, L, C]; the gathered context is the image's when
+        ``context`` holds it (recorded over crops: their tokens gathered together)."""
+        if context is None:
+            gathered = self.gather(tokens)
+        else:
+            shape = (self.query.shape[0], self.k_proj.out_features)
+
+            def compute(joint: bool) -> torch.Tensor:
+                # joint: the tokens of every crop gathered together, as one image's
+                return self.gather(tokens.flatten(0, 1)[None] if joint else tokens)
+
+            gathered = context.statistic(shape, compute).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        out = self._attend(self.q_proj_c(tokens), self.k_proj_c(gathered), self.v_proj_c(gathered))
         return self.out_proj(out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backend.model.global_context import GlobalContext, spatial_mean
+
 
 def _depthwise(channels: int, kernel: tuple[int, int]) -> nn.Sequential:
     pad = (kernel[0] // 2, kernel[1] // 2)
@@ -26,11 +28,9 @@ def _gate(cin: int, hidden: int, outputs: int) -> nn.Sequential:
     )
 
 
-def _branch_weights(gate: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    # Mean accumulated in float32 (a bf16 sum over a large tile loses digits), without
-    # materialising a float32 copy of the whole feature map.
-    pooled = x.mean(dim=(2, 3), dtype=torch.float32).to(x.dtype)
-    return gate(pooled)[:, :, None, None]
+def _branch_weights(gate: nn.Sequential, x: torch.Tensor, context: GlobalContext | None) -> torch.Tensor:
+    """The gate on the image's spatial mean (the whole image's when ``context`` holds it)."""
+    return gate(spatial_mean(x, context))[:, :, None, None]
 
 
 class FrequencySeparableConv(nn.Module):
@@ -51,10 +51,10 @@ class FrequencySeparableConv(nn.Module):
             nn.Conv2d(mid, cout, 1, bias=False),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
         low = self.low_branch(x)
         high = self.high_branch(x - low)
-        w = _branch_weights(self.mlp, x)
+        w = _branch_weights(self.mlp, x, context)
         # w0 * low + w1 * high without two more full-size temporaries.
         return self.bottleneck(low.mul_(w[:, 0:1]).addcmul_(high, w[:, 1:2]))
 
@@ -74,9 +74,9 @@ class DirectionSeparableConv(nn.Module):
         self.conv_expand = nn.Conv2d(mid, cout, 1, bias=False)
         self.mlp = _gate(cin, cin // mlp_divisor, 3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
         fh = self.h_conv(x)
-        w = _branch_weights(self.mlp, x)
+        w = _branch_weights(self.mlp, x, context)
         # w0 fh + w1 v(fh) + w2 v(x) = w0 fh + v(w1 fh + w2 x): v is linear (no bias) and
         # the weights are constant over the image, so one v pass serves both branches.
         both = self.v_conv(torch.addcmul(fh * w[:, 1:2], x, w[:, 2:3]))

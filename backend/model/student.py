@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from backend.model.config import StudentConfig
+from backend.model.global_context import GlobalContext
 from backend.model.pruned_unet import PrunedUNet
 from backend.model.tiny_autoencoder import TinyAutoencoder
 
@@ -33,15 +34,21 @@ class SlimDiffSRStudent(nn.Module):
         """All encoder layers but the latent conv; the release applies no (x+1)/2 shift."""
         return self.vae.encoder.layers[:-1](image)
 
-    def denoise(self, features: torch.Tensor) -> torch.Tensor:
-        """merge_conv1 -> pruned UNet -> merge_conv2: the distilled ``z_denoised``."""
-        return self.merge_conv2(self.unet(self.merge_conv1(features)))
+    def denoise(self, features: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
+        """merge_conv1 -> pruned UNet -> merge_conv2: the distilled ``z_denoised``.
+
+        The UNet holds every global operation of the student; ``context`` says where they
+        take their statistics (:mod:`backend.model.global_context`; None: from this input).
+        """
+        return self.merge_conv2(self.unet(self.merge_conv1(features), context))
 
     def decode(self, z_denoised: torch.Tensor) -> torch.Tensor:
         """Decoder without its latent conv, tanh clamp and final *2-1 (as released)."""
         return self.vae.decoder.layers[1:](z_denoised)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.denoise(self.encode(image))
+    def forward(
+        self, image: torch.Tensor, context: GlobalContext | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.denoise(self.encode(image), context)
         out = self.decode(z)
         return z, out + image if self.config.input_residual else out

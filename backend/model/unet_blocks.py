@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.model.config import StudentConfig
+from backend.model.global_context import GlobalContext, GlobalGroupNorm
 from backend.model.qgam import QueryDrivenGlobalAggregation
 from backend.model.separable_convs import DirectionSeparableConv, FrequencySeparableConv
 
@@ -23,17 +24,17 @@ class LightResnetBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, cfg: StudentConfig) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(cfg.norm_groups, cin, eps=cfg.resnet_eps)
+        self.norm1 = GlobalGroupNorm(cfg.norm_groups, cin, eps=cfg.resnet_eps)
         self.conv1 = FrequencySeparableConv(cin, cout, cfg.reduction, cfg.fsc_mlp_hidden)
-        self.norm2 = nn.GroupNorm(cfg.norm_groups, cout, eps=cfg.resnet_eps)
+        self.norm2 = GlobalGroupNorm(cfg.norm_groups, cout, eps=cfg.resnet_eps)
         self.conv2 = DirectionSeparableConv(cout, cout, cfg.reduction, cfg.dsc_mlp_divisor)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
         # In-place SiLU on the fresh GroupNorm outputs (GroupNorm's backward needs only its
         # input): one full-size allocation less per activation.
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        h = self.conv1(F.silu(self.norm1(x, context), inplace=True), context)
+        h = self.conv2(F.silu(self.norm2(h, context), inplace=True), context)
         return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
@@ -75,8 +76,8 @@ class QGAMTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.ff = FeedForward(dim, cfg.ff_mult)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), context)
         return x + self.ff(self.norm3(x))
 
 
@@ -85,17 +86,17 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, dim: int, cfg: StudentConfig) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(cfg.norm_groups, dim, eps=cfg.transformer_norm_eps)
+        self.norm = GlobalGroupNorm(cfg.norm_groups, dim, eps=cfg.transformer_norm_eps)
         self.proj_in = nn.Linear(dim, dim)
         self.transformer_blocks = nn.ModuleList([QGAMTransformerBlock(dim, cfg)])
         self.proj_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        t = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        t = self.norm(x, context).permute(0, 2, 3, 1).reshape(b, h * w, c)
         t = self.proj_in(t)
         for block in self.transformer_blocks:
-            t = block(t)
+            t = block(t, context)
         t = self.proj_out(t)
         return t.reshape(b, h, w, c).permute(0, 3, 1, 2) + x
 
@@ -127,9 +128,11 @@ class DownBlock(nn.Module):
         self.attentions = nn.ModuleList(SpatialTransformer(cout, cfg) for _ in range(n))
         self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], context: GlobalContext | None = None
+    ) -> torch.Tensor:
         for resnet, attention in zip(self.resnets, self.attentions, strict=False):
-            x = attention(resnet(x))
+            x = attention(resnet(x, context), context)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -151,9 +154,11 @@ class UpBlock(nn.Module):
         self.attentions = nn.ModuleList(SpatialTransformer(cout, cfg) for _ in skip_channels)
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], context: GlobalContext | None = None
+    ) -> torch.Tensor:
         for resnet, attention in zip(self.resnets, self.attentions, strict=False):
-            x = attention(resnet(torch.cat([x, skips.pop()], dim=1)))
+            x = attention(resnet(torch.cat([x, skips.pop()], dim=1), context), context)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x
@@ -169,5 +174,5 @@ class MidBlock(nn.Module):
         super().__init__()
         self.mid_block = LightResnetBlock(cin, cout, cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mid_block(x)
+    def forward(self, x: torch.Tensor, context: GlobalContext | None = None) -> torch.Tensor:
+        return self.mid_block(x, context)

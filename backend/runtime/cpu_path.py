@@ -15,7 +15,7 @@ import torch
 
 from backend.model import SlimDiffSRStudent
 from backend.runtime.cpu import cpu_info
-from backend.runtime.engines import Network, available_runtimes, load_network
+from backend.runtime.engines import Network, StatisticsDispatch, available_runtimes, load_network
 from backend.runtime.export import cached_onnx
 from backend.runtime.int8 import activation_ranges, quantize_graph
 
@@ -42,9 +42,27 @@ class CpuRuntimePath:
         self.model = model
         self.runtime = runtime
         self.threads = threads or cpu_info().physical_cores
+        self._cache = cache
         self.graph = cached_onnx(model, cache)
-        self.fp32: Network = load_network(runtime, self.graph, self.threads)
+        self.fp32: Network = StatisticsDispatch(
+            load_network(runtime, self.graph, self.threads),
+            lambda: load_network(runtime, self.statistics_graph(), self.threads),
+        )
         self.quantized = 0
+        self._recorder: Network | None = None
+
+    def statistics_graph(self) -> Path:
+        """The fp32 graph taking frozen global statistics (exported on first use)."""
+        return cached_onnx(self.model, self._cache, "frozen")
+
+    def record(self, crops: torch.Tensor) -> torch.Tensor:
+        """The global statistics [1, size] of one image from a batch of its crops (network
+        inputs), in fp32 whatever the tiles then run at; compiled on first use."""
+        if self._recorder is None:
+            self._recorder = load_network(
+                self.runtime, cached_onnx(self.model, self._cache, "record"), self.threads
+            )
+        return self._recorder(crops)
 
     def int8(self, images: Sequence[torch.Tensor]) -> Network:
         """The int8 network calibrated on ``images`` (network inputs [B, C, H, W] in [-1, 1])."""
@@ -52,4 +70,9 @@ class CpuRuntimePath:
         graph, self.quantized = quantize_graph(self.graph.read_bytes(), ranges)
         if not self.quantized:
             raise ValueError("no convolution of this network could be quantized")
-        return load_network(self.runtime, graph, self.threads)
+
+        def with_statistics() -> Network:
+            frozen, _ = quantize_graph(self.statistics_graph().read_bytes(), ranges)
+            return load_network(self.runtime, frozen, self.threads)
+
+        return StatisticsDispatch(load_network(self.runtime, graph, self.threads), with_statistics)

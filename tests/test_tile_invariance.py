@@ -1,0 +1,152 @@
+"""The tile size does not change the picture: the network's global statistics are gathered
+once per raster and shared by every tile (backend.model.global_context)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from backend.engine.model import STATISTICS_MAX_OUT_PIXELS, statistics_windows
+from backend.engine.options import UpscaleOptions
+from backend.engine.plan import make_plan
+from backend.engine.run import upscale_raster
+from backend.inference import SuperResolver
+from backend.model import SlimDiffSRStudent
+from backend.model.config import PAPER_STUDENT, TINY_STUDENT
+from backend.model.global_context import GlobalContext
+from backend.weights import default_weights_path, load_weights
+
+MEAN_DN, MAX_DN = 1.0, 3.0
+"""The bound of the acceptance: |tiled - one tile| over every output value, uint8 DN."""
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SlimDiffSRStudent:
+    torch.manual_seed(0)
+    return SlimDiffSRStudent(TINY_STUDENT).eval()
+
+
+def _image(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    noise = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 2 - 1
+
+
+@torch.inference_mode()
+def test_recorded_statistics_reproduce_the_image_s_own(tiny) -> None:
+    """Recording then replaying an image's statistics gives its untouched output; statistics
+    of another image change it (they are really used)."""
+    x, other = _image(2, 64, 96), _image(2, 64, 96, seed=1)
+    own = tiny(x)[1]
+    record = GlobalContext.record()
+    assert torch.allclose(tiny(x, record)[1], own, atol=1e-5)
+    values = record.statistics().values
+    assert values.shape[0] == 2
+    replay = GlobalContext.frozen(values)
+    assert torch.allclose(tiny(x, replay)[1], own, atol=1e-5)
+    replay.check_consumed()
+    recorded_other = GlobalContext.record()
+    tiny(other, recorded_other)
+    assert (tiny(x, GlobalContext.frozen(recorded_other.statistics().values))[1] - own).abs().max() > 1e-3
+
+
+@torch.inference_mode()
+def test_joint_recording_treats_crops_as_one_image(tiny) -> None:
+    """Two identical crops recorded jointly give that image's statistics; two different
+    crops give neither crop's."""
+    x = _image(1, 64, 64)
+    alone, joint = GlobalContext.record(), GlobalContext.record(joint=True)
+    tiny(x, alone)
+    tiny(torch.cat([x, x]), joint)
+    assert joint.statistics().values.shape == (1, alone.statistics().size)
+    assert torch.allclose(joint.statistics().values, alone.statistics().values, atol=1e-4)
+    mixed = GlobalContext.record(joint=True)
+    tiny(torch.cat([x, _image(1, 64, 64, seed=3)]), mixed)
+    assert (mixed.statistics().values - alone.statistics().values).abs().max() > 1e-3
+
+
+def test_statistics_come_from_other_networks_are_refused(tiny) -> None:
+    with pytest.raises(ValueError, match="recorded by another network"):
+        frozen = GlobalContext.frozen(torch.zeros(1, 100_000))
+        with torch.inference_mode():
+            tiny(_image(1, 32, 32), frozen)
+        frozen.check_consumed()
+
+
+@pytest.mark.parametrize("size", [(160, 384), (700, 1300), (40, 5000)])
+def test_statistics_windows_depend_on_the_raster_only(size) -> None:
+    """Same windows whatever the tile size; the whole raster when it fits the cap, else
+    crops spread over it that together stay within the cap."""
+    h, w = size
+    plans = [make_plan(w, h, 4, tile, 16, 32) for tile in (64, 128, 320)]
+    windows = [statistics_windows(p) for p in plans]
+    assert windows[0] == windows[1] == windows[2]
+    area = sum(win.height * win.width for win in windows[0]) * 16
+    assert area <= STATISTICS_MAX_OUT_PIXELS
+    if h * w * 16 <= STATISTICS_MAX_OUT_PIXELS:
+        assert [(win.height, win.width) for win in windows[0]] == [(h, w)]
+    else:
+        assert len(windows[0]) > 1
+        ends = [(win.row_off + win.height, win.col_off + win.width) for win in windows[0]]
+        assert max(e[0] for e in ends) == h and max(e[1] for e in ends) == w
+        assert min(win.row_off for win in windows[0]) == 0 == min(win.col_off for win in windows[0])
+
+
+def _crop(path: Path, out: Path, height: int, width: int) -> Path:
+    """A georeferenced RGB crop of a real aerial image (uint8)."""
+    with rasterio.open(path) as src:
+        win = rasterio.windows.Window(0, 0, width, height)
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 3,
+            "dtype": "uint8",
+            "crs": src.crs,
+            "transform": src.window_transform(win),
+        }
+        data = src.read([1, 2, 3], window=win)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+    return out
+
+
+def _differences(resolver: SuperResolver, src: Path, tmp_path: Path, width: int) -> dict[str, tuple]:
+    """(mean, max) |output - one-tile output| in DN per tile size, and the windows each ran."""
+    outputs, windows = {}, {}
+    for name, tile in (("one", width), ("64", 64), ("128", 128), ("auto", None)):
+        report = upscale_raster(src, tmp_path / f"{name}.tif", resolver, UpscaleOptions(tile_size=tile))
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            outputs[name] = ds.read().astype(np.float64)
+        windows[name] = report.tiles
+    assert windows["one"] == 1 and windows["64"] > windows["128"] > 1
+    return {
+        name: (float(np.abs(d).mean()), float(np.abs(d).max()), windows[name])
+        for name in ("64", "128", "auto")
+        for d in [outputs[name] - outputs["one"]]
+    }
+
+
+def test_bundled_model_gives_the_same_picture_at_every_tile_size(shared_data: Path, tmp_path: Path) -> None:
+    """The bundled x4 model on its default runtime (OpenVINO fp32 on AVX2 CPUs): 64, 128
+    and the automatic tile (two windows on this 384 px wide crop) against one tile."""
+    src = _crop(shared_data / "eval/deepforest/HARV_051.tif", tmp_path / "harv.tif", 160, 384)
+    resolver = SuperResolver.from_weights(load_weights(default_weights_path(4)), "cpu", "auto")
+    found = _differences(resolver, src, tmp_path, 384)
+    assert found["auto"][2] > 1
+    for tile, (mean, worst, _) in found.items():
+        assert mean <= MEAN_DN and worst <= MAX_DN, f"tile {tile}: mean {mean:.3f} DN, max {worst:.0f} DN"
+
+
+def test_paper_student_gives_the_same_picture_at_every_tile_size(shared_data: Path, tmp_path: Path) -> None:
+    """The paper's student (random weights, torch fp32) on a real crop: every global
+    operation of the full architecture shares the raster's statistics."""
+    torch.manual_seed(0)
+    model = SlimDiffSRStudent(PAPER_STUDENT).eval()
+    resolver = SuperResolver(model, 4, "cpu", "fp32", runtime="torch")
+    src = _crop(shared_data / "eval/deepforest/SJER_064.tif", tmp_path / "sjer.tif", 96, 192)
+    for tile, (mean, worst, _) in _differences(resolver, src, tmp_path, 192).items():
+        assert mean <= MEAN_DN and worst <= MAX_DN, f"tile {tile}: mean {mean:.3f} DN, max {worst:.0f} DN"
