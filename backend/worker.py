@@ -8,7 +8,8 @@ instead and talks to it over pipes:
   later lines: ``{"type": "cancel"}``. End of stdin also cancels: a worker whose parent
   died must not keep a GPU busy.
 * stdout: one JSON object per line, ``type`` one of ``hello`` (sent at start, proves the
-  environment runs), ``log``, ``progress``, ``result``, ``error``, ``cancelled``.
+  environment runs), ``log`` (``level`` debug, info, warning, or trace: the traceback of an
+  unexpected error), ``progress``, ``result``, ``error``, ``cancelled``.
   Anything else a library prints is redirected to stderr so it cannot break the protocol.
 * SIGTERM asks for cancellation too; the client escalates to SIGKILL after a grace period.
 
@@ -227,6 +228,16 @@ def load_model(
     return resolver, loaded.description
 
 
+def check_job(input: str, output: str, options: UpscaleOptions) -> None:
+    """The engine's checks of the paths, the input and the options, made before the model
+    loads: a bad input is refused in a fraction of a second instead of after the seconds
+    torch and the weights take (the engine makes them again when it runs)."""
+    from backend.engine.job import Job, gdal_env
+
+    with gdal_env():
+        Job.open(input, output, options)
+
+
 def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToken) -> dict[str, Any]:
     from backend.engine import upscale_raster
 
@@ -234,6 +245,8 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
         if not request.get(key):
             raise RequestError(f"the upscale request has no '{key}'")
     options = _engine_options(request)
+    if not options.scheduler:  # on a cluster the engine checks where the data is
+        check_job(request["input"], request["output"], options)
     resolver: SuperResolver | None = None
     model_name: str | None = None
     if options.scheduler:  # the cluster's workers load the model; the log names them and their devices
@@ -309,7 +322,7 @@ def describe_failure(exc: BaseException) -> str:
         return "the computer ran out of memory; lower the tile size or close other programs"
     if isinstance(exc, OSError) and exc.filename:
         return f"cannot access {exc.filename}: {exc.strerror or text}; check the path and free disk space"
-    return f"unexpected {name}: {text[:300]} (the full traceback is in the log)"
+    return f"unexpected {name}: {text[:300]} (the traceback is in QGIS's Log Messages panel, SlimDiffSR tab)"
 
 
 def serve(stdin: IO[str], stdout: IO[str], install_signals: bool = True) -> int:
@@ -342,7 +355,8 @@ def serve(stdin: IO[str], stdout: IO[str], install_signals: bool = True) -> int:
         if isinstance(exc, SlimDiffSRError):
             channel.send("error", message=str(exc))
             return EXIT_BAD_REQUEST if isinstance(exc, RequestError) else EXIT_ERROR
-        channel.log("".join(traceback.format_exception(exc)).rstrip(), level="debug")
+        # For whoever reports the bug; not in the run's output, which shows the one line below
+        channel.log("".join(traceback.format_exception(exc)).rstrip(), level="trace")
         channel.send("error", message=describe_failure(exc))
         return EXIT_ERROR
     channel.send("result", elapsed_s=round(time.monotonic() - started, 3), result=result)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -229,7 +230,9 @@ class _Session:
         return "no error message"
 
 
-def _relay(message: dict[str, Any], feedback: Feedback, last_text: list[float]) -> None:
+def _relay(
+    message: dict[str, Any], feedback: Feedback, last_text: list[float], trace: Callable[[str], None]
+) -> None:
     kind = message.get("type")
     if kind == "progress":
         fraction = message.get("fraction")
@@ -243,7 +246,9 @@ def _relay(message: dict[str, Any], feedback: Feedback, last_text: list[float]) 
     elif kind == "log":
         text = str(message.get("message", ""))
         level = message.get("level", "info")
-        if level == "debug":
+        if level == "trace":
+            trace(text)
+        elif level == "debug":
             feedback.pushDebugInfo(text)
         elif level == "warning":
             feedback.pushWarning(text)
@@ -258,11 +263,14 @@ def run_request(
     root: Path | None = None,
     setting: str | None = None,
     env_dir: Path | None = None,
+    trace: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Send ``request`` to a fresh worker; return its result or raise :class:`WorkerError`.
 
     Blocks the calling thread (a Processing task thread, never the GUI thread) while
-    polling ``feedback.isCanceled()`` ten times a second.
+    polling ``feedback.isCanceled()`` ten times a second. ``trace`` receives the traceback
+    of an unexpected worker error (default: the feedback's debug output); the error itself
+    is only raised, never also pushed to ``feedback``, since QGIS shows the exception.
     """
     root = root or plugin_dir()
     if python is None:
@@ -289,7 +297,7 @@ def run_request(
             elif kind in ("result", "error", "cancelled"):
                 outcome = message
             elif message:
-                _relay(message, feedback, last_text)
+                _relay(message, feedback, last_text, trace or feedback.pushDebugInfo)
             now = time.monotonic()
             if feedback.isCanceled() and cancel_sent_at is None:
                 cancel_sent_at = now

@@ -125,6 +125,44 @@ def test_error_message_reaches_the_client(tmp_path: Path) -> None:
         run_request(request, RecordingFeedback(), python=Path(sys.executable), root=ROOT)
 
 
+def test_an_unexpected_error_is_one_line_and_its_traceback_goes_apart(tmp_path: Path, monkeypatch) -> None:
+    """A bug in a handler: the worker sends one line as the error and the traceback as a
+    'trace' log; the client raises the line, hands the traceback to ``trace`` (QGIS's Log
+    Messages panel) and pushes neither to the run's feedback."""
+    import io
+    import os
+
+    from backend import worker
+
+    def buggy(request, channel, cancel):
+        return {"ratio": 1 / request["zero"]}
+
+    monkeypatch.setitem(worker.HANDLERS, "buggy", buggy)
+    stdout = io.StringIO()
+    read_end, write_end = os.pipe()  # kept open: an ended stdin would mean "cancel"
+    os.write(write_end, b'{"type": "buggy", "zero": 0}\n')
+    with open(read_end, encoding="utf-8") as stdin:
+        try:
+            assert worker.serve(stdin, stdout, install_signals=False) == 1
+        finally:
+            os.close(write_end)
+    messages = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert [m["type"] for m in messages] == ["hello", "log", "error"]
+    assert messages[1]["level"] == "trace" and messages[1]["message"].startswith("Traceback")
+    assert messages[2]["message"].startswith("unexpected ZeroDivisionError: division by zero (the traceback")
+
+    root = fake_plugin(
+        tmp_path,
+        "sys.stdin.readline()\n" + "".join(f"send(**{m!r})\n" for m in messages[1:]) + "sys.exit(1)\n",
+    )
+    feedback, traces = RecordingFeedback(), []
+    with pytest.raises(WorkerError) as caught:
+        run_request({"type": "x"}, feedback, python=Path(sys.executable), root=root, trace=traces.append)
+    assert str(caught.value) == messages[2]["message"]
+    assert traces == [messages[1]["message"]]
+    assert feedback.lines == []
+
+
 def test_unknown_option_is_an_error_not_ignored() -> None:
     request = {"type": "assess", "input": "x.tif", "options": {"no_such_option": 1}}
     with pytest.raises(WorkerError, match="no_such_option"):

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    Qgis,
+    QgsMessageLog,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -68,6 +70,12 @@ def scale_choices() -> list[str]:
         f"x{s}" if s in bundled else tr("x{} (a weights file for x{} only; no bundled model)").format(s, s)
         for s in SCALES
     ]
+
+
+def log_trace(text: str) -> None:
+    """A worker's traceback to QGIS's Log Messages panel (tab SlimDiffSR), for bug reports:
+    the Processing log and qgis_process's output show the one-line error only."""
+    QgsMessageLog.logMessage(text, "SlimDiffSR", Qgis.Info)
 
 
 def advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
@@ -253,7 +261,13 @@ class SlimDiffSRAlgorithm(SlimDiffSRBase):
     def run_worker(self, request: dict[str, Any], feedback: QgsProcessingFeedback) -> dict[str, Any]:
         """The worker call with its failures turned into QgsProcessingException."""
         try:
-            return run_request(request, feedback, setting=backend_python_setting(), env_dir=backend_env_dir())
+            return run_request(
+                request,
+                feedback,
+                setting=backend_python_setting(),
+                env_dir=backend_env_dir(),
+                trace=log_trace,
+            )
         except WorkerCancelledError as exc:
             raise QgsProcessingException(str(exc)) from None
         except WorkerError as exc:
