@@ -173,11 +173,11 @@ def _run_on_cluster(
 
     from distributed import Event, wait
 
-    from backend.engine.cluster import _model_spec, open_cluster, probe_workers
+    from backend.engine.cluster import model_spec, open_cluster, probe_workers
     from backend.engine.cluster_tasks import upscale_file
 
     with open_cluster(str(options.scheduler)) as cluster:
-        spec = _model_spec(None, options)
+        spec = model_spec(None, options)
         workers = probe_workers(cluster, spec)
         scale = next(iter(workers.values()))["scale"]
         todo = _todo(inputs, folder, pattern, scale, report)

@@ -194,12 +194,12 @@ def probe_workers(cluster: Cluster, spec: ModelSpec) -> dict[str, dict[str, Any]
     return cluster.workers
 
 
-def _model_spec(model: Any, options: UpscaleOptions) -> ModelSpec:
+def model_spec(model: Any, options: UpscaleOptions) -> ModelSpec:
     """What every worker loads. Workers load from a path they can see (shared storage);
     an already loaded model of this process is named by ``options.weights``."""
     from pathlib import PurePath
 
-    weights = options.weights
+    weights: str | PurePath | None = options.weights
     if isinstance(model, str | PurePath):
         weights = model
     elif model is not None and getattr(model, "path", None) is not None:
@@ -234,7 +234,7 @@ def upscale_raster_on_cluster(
         job = Job.open(input, output, options)
         if cluster is None:
             cluster = stack.enter_context(open_cluster(str(options.scheduler)))
-        spec = _model_spec(model, options)
+        spec = model_spec(model, options)
         workers = cluster.workers or probe_workers(cluster, spec)
         if log:
             log(cluster.describe())
@@ -354,7 +354,7 @@ class RegionTasks:
         from distributed import wait
 
         client, job, futures = self.client, self.job, self.futures
-        plan = job.checked_plan()
+        plan = job.plan
         regions, seams = split_plan(plan, job.options.region_tiles or default_region_tiles(plan))
         self._seams = seams
         self._parts = {s.index: {} for s in seams}
@@ -399,7 +399,7 @@ class RegionTasks:
         client, job, futures = self.client, self.job, self.futures
         job_seams = {s: self._seams[s].blocks for s in r.seams}
         region_job = RegionJob(
-            self.spec, job.checked_plan(), job.info, job.radiometry, self.stats, job.batch, r, job_seams
+            self.spec, job.plan, job.info, job.radiometry, self.stats, job.batch, r, job_seams
         )
         fut = client.submit(run_region, region_job, pure=False, priority=-r.index, resources=self.resources)
         done = client.submit(pick, fut, "finished", pure=False, priority=-r.index)

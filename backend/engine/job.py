@@ -151,11 +151,11 @@ class Job:
     info: SourceInfo
     options: UpscaleOptions
     t0: float
-    plan: TilePlan | None = None
     batch: int = 1
     bytes_needed: int = 0
-    radiometry: Radiometry | None = None
     provenance: dict[str, str] = field(default_factory=dict)
+    _plan: TilePlan | None = None
+    _radiometry: Radiometry | None = None
 
     @classmethod
     def open(cls, input: str | Path, output: str | Path, options: UpscaleOptions) -> Job:
@@ -207,8 +207,8 @@ class Job:
         )
         check_disk_space(self.dst.parent, self.bytes_needed, options.cog)
         with TileReader(info) as reader:
-            self.radiometry = reader.global_radiometry()
-        self.plan = plan
+            self._radiometry = reader.global_radiometry()
+        self._plan = plan
         self.provenance = {
             "SLIMDIFFSR_MODEL": model.name,
             "SLIMDIFFSR_SCALE": str(scale),
@@ -223,7 +223,7 @@ class Job:
 
     def output_spec(self) -> OutputSpec:
         """The output file's layout, compression and finishing, from the plan and options."""
-        plan, options, info = self.checked_plan(), self.options, self.info
+        plan, options, info = self.plan, self.options, self.info
         return OutputSpec(
             width=plan.out_width,
             height=plan.out_height,
@@ -240,11 +240,19 @@ class Job:
             cog=options.cog,
         )
 
-    def checked_plan(self) -> TilePlan:
-        """The plan (after :meth:`plan_for`)."""
-        if self.plan is None:
-            raise RuntimeError("Job.plan_for must run before the output is written")
-        return self.plan
+    @property
+    def plan(self) -> TilePlan:
+        """The tile plan (set by :meth:`plan_for`)."""
+        if self._plan is None:
+            raise RuntimeError("Job.plan_for must run first")
+        return self._plan
+
+    @property
+    def radiometry(self) -> Radiometry:
+        """The raster's global radiometry (measured by :meth:`plan_for`)."""
+        if self._radiometry is None:
+            raise RuntimeError("Job.plan_for must run first")
+        return self._radiometry
 
     @contextlib.contextmanager
     def failures(self, temp: TempOutput) -> Iterator[None]:
@@ -293,7 +301,7 @@ class Job:
         self, model: ModelFacts, skipped: int, crs_wkt: str, device: str, workers: list[str] | None = None
     ) -> UpscaleReport:
         """What was done, for the caller and the log."""
-        plan, info = self.checked_plan(), self.info
+        plan, info = self.plan, self.info
         return UpscaleReport(
             input=str(self.src),
             output=str(self.dst),
@@ -311,7 +319,7 @@ class Job:
             tile_size=plan.tile,
             overlap=plan.overlap,
             elapsed_s=self.elapsed,
-            radiometry=self.radiometry.describe() if self.radiometry else [],
+            radiometry=self.radiometry.describe(),
             workers=workers or [],
         )
 

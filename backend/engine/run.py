@@ -73,7 +73,7 @@ def upscale_raster(
         # Imported only now: a bad path or input is refused in a fraction of a second instead
         # of after the seconds torch takes to load.
         from backend.engine.calibration import calibrate_on_raster
-        from backend.engine.model import ModelStep, gather_statistics, resolve_model
+        from backend.engine.model import ModelStep, resolve_model
 
         resolver, model_name = resolve_model(model, options)
         facts = ModelFacts(
@@ -87,12 +87,10 @@ def upscale_raster(
             resolver.precision,
         )
         plan = job.plan_for(facts)
-        assert job.radiometry is not None
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):
             calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
-            gather_statistics(plan, job.info, step)  # the network's, shared by every tile
             cache = _estimate_stats(plan, job.info, step, options, job.batch, cancel)
             skipped, crs_wkt = job.write(
                 temp,
@@ -125,7 +123,8 @@ def _estimate_stats(
 
     Weights that ship without colour match (``color_match: false``) need no statistics.
     """
-    samples, cache = [], {}
+    samples: list[Any] = []
+    cache: dict[int, torch.Tensor] = {}
     if not step.color_match:
         return cache
     with TileReader(info, step.radiometry) as reader:
