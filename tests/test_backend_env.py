@@ -23,6 +23,7 @@ from plugin.backend_env import (
     EnvError,
     Hooks,
     SetupCancelledError,
+    SetupResult,
     base_python_candidates,
     choose_torch_build,
     default_torch_index,
@@ -225,15 +226,20 @@ def test_offline_setup_without_ensurepip_then_idempotent_then_repairs_a_broken_e
     _offline(monkeypatch)
     env = tmp_path / "profile" / "slimdiffsr" / "env"
     log: list[str] = []
-    hooks = Hooks(info=log.append, warning=log.append)
-    result = setup_environment(
-        env,
-        [_requirements(tmp_path)],
-        base_python=no_ensurepip_python,
-        wheelhouse=wheelhouse,
-        run_self_test=False,
-        hooks=hooks,
-    )
+
+    def setup(base_python: Path | None) -> SetupResult:
+        hooks = Hooks(info=log.append, warning=log.append)
+        requirements = [_requirements(tmp_path)]
+        return setup_environment(
+            env,
+            requirements,
+            base_python=base_python,
+            wheelhouse=wheelhouse,
+            run_self_test=False,
+            hooks=hooks,
+        )
+
+    result = setup(no_ensurepip_python)
     text = "\n".join(log)
     assert "has no ensurepip: installing pip-26.3" in text
     assert f"Looking in links: {wheelhouse}" in text  # pip's own lines reach the log
@@ -241,27 +247,14 @@ def test_offline_setup_without_ensurepip_then_idempotent_then_repairs_a_broken_e
     assert subprocess.run([str(result.python), "-c", "import affine, tqdm"]).returncode == 0
 
     started = time.monotonic()
-    again = setup_environment(
-        env,
-        [_requirements(tmp_path)],
-        wheelhouse=wheelhouse,
-        run_self_test=False,
-        hooks=Hooks(info=log.append, warning=log.append),
-    )
+    again = setup(None)
     assert again.reused and time.monotonic() - started < 15
     assert "already set up and healthy" in log[-1]
 
     site = next(env.glob("lib/python3*/site-packages"))
     (site / "affine" / "__init__.py").write_text("raise ImportError('damaged')\n")
     log.clear()
-    repaired = setup_environment(
-        env,
-        [_requirements(tmp_path)],
-        base_python=no_ensurepip_python,
-        wheelhouse=wheelhouse,
-        run_self_test=False,
-        hooks=Hooks(info=log.append, warning=log.append),
-    )
+    repaired = setup(no_ensurepip_python)
     assert not repaired.reused and any("is broken (ImportError: damaged); rebuilding it" in m for m in log)
     assert subprocess.run([str(repaired.python), "-c", "import affine"]).returncode == 0
 
