@@ -36,8 +36,10 @@ EVAL_MAX_SIDE = 512
 def initial_student(seed: int = 0) -> SlimDiffSRStudent:
     torch.manual_seed(seed)
     model = SlimDiffSRStudent(COMPACT_STUDENT)
+    last = model.vae.decoder.layers[-1]
+    if not isinstance(last, torch.nn.Conv2d) or last.bias is None:
+        raise TypeError(f"the decoder ends with {type(last).__name__}, not a convolution with a bias")
     with torch.no_grad():
-        last = model.vae.decoder.layers[-1]
         last.weight.mul_(0.05)
         last.bias.zero_()
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -184,12 +185,11 @@ def test_realesrgan_degradation_is_reproducible_per_seed():
 
 
 # -- distillation end to end ------------------------------------------------------------
-def test_distillation_runs_resumes_and_exports(tiny_base: Path, tmp_path: Path):
+def test_distillation_runs_resumes_and_exports(tiny_base: Path, tmp_path: Path, capsys):
     from diffusers import UNet2DConditionModel
 
-    from backend.training.distill import DistillTrainer
+    from backend.cli import main
     from backend.training.pruning import prune_teacher, student_config_for
-    from backend.training.trainer import TrainSettings
     from backend.weights import load_weights, save_safetensors
 
     folder = tmp_path / "hr"
@@ -203,27 +203,31 @@ def test_distillation_runs_resumes_and_exports(tiny_base: Path, tmp_path: Path):
     unet = UNet2DConditionModel.from_pretrained(tiny_base / "unet")
     student, _ = prune_teacher(unet, 2, config=student_config_for(dict(unet.config), 2, **TINY_OVERRIDES))
     init = save_safetensors(student, tmp_path / "pruned.safetensors", 4)
-    settings = TrainSettings(
-        data=[str(folder)],
-        out=str(tmp_path / "run"),
-        init=str(init),
-        crop=32,
-        batch_size=2,
-        steps=3,
-        warmup=0,
-        val_every=3,
-        checkpoint_every=1,
-        log_every=1,
-        val_fraction=0.34,
-        lr=1e-3,
-        extra={"teacher": str(tiny_base), "mmd_samples": 64, "gan_weight": 0.1},
-    )
-    path = DistillTrainer(settings).run()
+    quick = "--crop 32 --batch-size 2 --warmup 0 --val-every 3 --checkpoint-every 1 --log-every 1 --lr 1e-3"
+    distill = "--degradation bicubic --val-fraction 0.34 --mmd-samples 64 --gan 0.1"
+    run = tmp_path / "run"
+    argv = [
+        "distill",
+        "--data",
+        str(folder),
+        "--teacher",
+        str(tiny_base),
+        "--init",
+        str(init),
+        "--out",
+        str(run),
+    ]
+    argv += quick.split() + distill.split()
+    assert main([*argv, "--steps", "2"]) == 0
+    assert main([*argv, "--steps", "3"]) == 0  # one more step: resumes, discriminator included
+    assert "resumed from step 2" in capsys.readouterr().out
+    path = run / "slimdiffsr_distilled_x4.safetensors"
     loaded = load_weights(path)
     meta = loaded.metadata["training"]
     assert meta["method"] == "distillation" and meta["steps"] == 3 and meta["complete"] is True
     assert meta["distillation"]["mmd_samples"] == 64 and "psnr" in meta["validation"]
     assert loaded.model.config.vae_channels == 16
-    with open(tmp_path / "run" / "train_log.csv") as f:
-        header = f.readline()
-    assert "mmd" in header and "adv" in header and "d_loss" in header
+    with open(run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(k in rows[0] for k in ("mmd", "adv", "d_loss"))

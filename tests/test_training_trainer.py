@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import os
@@ -12,10 +13,24 @@ import pytest
 import rasterio
 import torch
 
+from backend.cli import COMMANDS, build_parser, main
 from backend.model import COMPACT_STUDENT
-from backend.training.train_command import parse_student
+from backend.training.cli_fields import from_args
+from backend.training.settings import (
+    Distillation,
+    Pruning,
+    TeacherOptions,
+    TeacherTraining,
+    parse_student,
+)
 from backend.training.trainer import StudentTrainer, TrainingError, TrainSettings, lr_factor
 from backend.weights import load_weights
+
+
+def run_quick(command: str, folder: Path, out: Path, *flags: str) -> int:
+    """A training command on ``folder`` for a CPU run of seconds, written to ``out``."""
+    quick = "--steps 2 --crop 32 --batch-size 1 --warmup 0".split()
+    return main([command, "--data", str(folder), "--out", str(out), *quick, *flags])
 
 
 @pytest.fixture()
@@ -82,7 +97,7 @@ def test_training_resumes_exactly_and_exports(image_folder: Path, tmp_path: Path
     chunk1 = StudentTrainer(settings(image_folder, tmp_path / "b", tiny_config, max_minutes=1e-9))
     chunk1.run()
     assert chunk1.step == 1 and chunk1.stopped_by == "time budget"
-    partial = load_weights(tmp_path / "b" / "slimdiffsr_student.safetensors")
+    partial = load_weights(tmp_path / "b" / "slimdiffsr_x4.safetensors")
     assert partial.metadata["training"]["complete"] is False
     chunk2 = StudentTrainer(settings(image_folder, tmp_path / "b", tiny_config))
     path_b = chunk2.run()
@@ -161,37 +176,9 @@ def test_settings_are_validated(image_folder: Path, tmp_path: Path, tiny_config)
 
 
 def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_config):
-    from backend.cli import main
-
     out = tmp_path / "cli"
-    rc = main(
-        [
-            "train",
-            "--data",
-            str(image_folder),
-            "--student",
-            tiny_config.to_json(),
-            "--out",
-            str(out),
-            "--steps",
-            "2",
-            "--crop",
-            "32",
-            "--batch-size",
-            "1",
-            "--val-every",
-            "1",
-            "--warmup",
-            "0",
-            "--precision",
-            "bf16",
-            "--name",
-            "mine",
-            "--lr-consistency",
-            "--sampling",
-            "sqrt-area",
-        ]
-    )
+    flags = "--val-every 1 --precision bf16 --name mine --lr-consistency --sampling sqrt-area".split()
+    rc = run_quick("train", image_folder, out, "--student", tiny_config.to_json(), *flags)
     assert rc == 0
     loaded = load_weights(out / "mine.safetensors")
     assert loaded.metadata["training"]["precision"] == "bf16"
@@ -202,34 +189,97 @@ def test_train_command_end_to_end(image_folder: Path, tmp_path: Path, tiny_confi
 
 def test_finetune_validates_before_and_after(image_folder: Path, tmp_path: Path, tiny_weights: Path):
     pytest.importorskip("kornia", reason="the Real-ESRGAN degradation needs kornia (requirements-train.txt)")
-    from backend.cli import main
-
     out = tmp_path / "ft"
-    rc = main(
-        [
-            "finetune",
-            "--data",
-            str(image_folder),
-            "--init",
-            str(tiny_weights),
-            "--out",
-            str(out),
-            "--steps",
-            "2",
-            "--crop",
-            "32",
-            "--batch-size",
-            "1",
-            "--val-every",
-            "2",
-            "--warmup",
-            "0",
-        ]
-    )
+    rc = run_quick("finetune", image_folder, out, "--init", str(tiny_weights))
     assert rc == 0
     with open(out / "val_log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [0, 2]
+    assert [int(r["step"]) for r in rows] == [0, 2]  # finetune validates every 100 steps and at the end
     meta = load_weights(out / "slimdiffsr_finetuned_x4.safetensors").metadata["training"]
     assert meta["method"] == "finetune" and meta["degradation"]["kind"] == "realesrgan-second-order"
     assert meta["started_from"] == "tiny test model"
+
+
+def parse(command: str, argv: list[str]) -> argparse.Namespace:
+    return build_parser({command: COMMANDS[command]}).parse_args([command, *argv])
+
+
+def test_the_generated_cli_exposes_every_setting_with_its_default():
+    args = parse("train", ["--data", "a", "b", "--out", "o"])
+    assert from_args(TrainSettings, args) == TrainSettings(data=["a", "b"], out="o")
+    assert from_args(TrainSettings, args).steps == 20000 and args.threads is None and args.restart is False
+    on_cli = {f.name for f in dataclasses.fields(TrainSettings) if "cli" in f.metadata}
+    assert on_cli <= set(vars(args))
+    # what the command sets, not the user
+    assert {f.name for f in dataclasses.fields(TrainSettings)} - on_cli == {
+        "min_lr_ratio",
+        "method",
+        "teacher_training",
+        "distillation",
+    }
+    flags = "--l1 0 --mse 1 --sampling sqrt-area --lr-consistency --val-data v w --max-minutes 5 --scale 8"
+    args = parse("train", ["--data", "a", "--out", "o", "--student", "compact", *flags.split()])
+    assert from_args(TrainSettings, args) == TrainSettings(
+        data=["a"],
+        out="o",
+        student=COMPACT_STUDENT.to_dict(),
+        l1_weight=0.0,
+        mse_weight=1.0,
+        sampling="sqrt-area",
+        lr_consistency=True,
+        val_data=["v", "w"],
+        max_minutes=5.0,
+        scale=8,
+    )
+    with pytest.raises(SystemExit):  # not one of the choices
+        parse("train", ["--data", "a", "--out", "o", "--scale", "3"])
+    with pytest.raises(SystemExit):  # --out is required
+        parse("train", ["--data", "a"])
+
+
+def test_each_training_command_keeps_its_own_defaults():
+    args = parse("finetune", ["--data", "a", "--out", "o", "--init", "w.safetensors"])
+    assert from_args(TrainSettings, args, method="finetune") == TrainSettings(
+        data=["a"],
+        out="o",
+        init="w.safetensors",
+        steps=2000,
+        lr=2e-5,
+        degradation="realesrgan",
+        val_fraction=0.2,
+        warmup=50,
+        val_every=100,
+        method="finetune",
+    )
+    assert "student" not in vars(args)
+    args = parse(
+        "teacher", ["--data", "a", "--out", "o", "--base", "b", "--lora-rank", "8", "--nll-weight", "0.5"]
+    )
+    assert from_args(TeacherTraining, args) == TeacherTraining(TeacherOptions(lora_rank=8), nll_weight=0.5)
+    assert (args.steps, args.lr, args.crop, args.batch_size, args.degradation) == (
+        10000,
+        1e-4,
+        256,
+        2,
+        "realesrgan",
+    )
+    args = parse("distill", ["--data", "a", "--out", "o", "--init", "s", "--teacher", "t", "--gan", "0.1"])
+    assert from_args(Distillation, args) == Distillation(teacher="t", gan_weight=0.1)
+    with pytest.raises(SystemExit):  # distillation starts from a student: --init is required
+        parse("distill", ["--data", "a", "--out", "o", "--teacher", "t"])
+    args = parse("prune", ["--teacher", "t", "--student", '{"vae_channels": 16, "encoder_blocks": [1, 1]}'])
+    assert from_args(Pruning, args) == Pruning(
+        teacher="t", student={"vae_channels": 16, "encoder_blocks": (1, 1)}
+    )
+    with pytest.raises(SystemExit):  # the overrides must be a JSON object
+        parse("prune", ["--student", "[1, 2]"])
+
+
+def test_export_name_follows_the_method_and_scale():
+    assert TrainSettings(data=[], out="", scale=8).export_name == "slimdiffsr_x8"
+    assert TrainSettings(data=[], out="", method="distillation").export_name == "slimdiffsr_distilled_x4"
+    assert TrainSettings(data=[], out="", name="mine", method="finetune").export_name == "mine"
+    with pytest.raises(TrainingError, match="method"):
+        TrainSettings(data=[], out="", method="other").validate(8)
+    with pytest.raises(TrainingError, match="precision must be one of fp32, bf16, fp16"):
+        TrainSettings(data=[], out="", precision="fp64").validate(8)

@@ -41,12 +41,10 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from backend.radiometry import stretch_range, to_unit
+from backend.training.settings import SAMPLINGS
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
 STATS_MAX_SIDE = 1024
-
-
-SAMPLINGS = ("area", "sqrt-area")
 
 
 class DataError(ValueError):

@@ -13,6 +13,8 @@ space the student's decoder reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +26,31 @@ from backend.training.losses import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from backend.training.teacher import (
-    SingleStepTeacher,
-    TeacherOptions,
-    load_teacher,
-    save_teacher,
-    teacher_loss,
-)
-from backend.training.trainer import StudentTrainer, TrainingError
-
-DISTILL_DEFAULTS: dict[str, Any] = {
-    "teacher": None,
-    "mmd_weight": 1.0,
-    "mmd_samples": 1024,
-    "teacher_image_weight": 0.0,
-    "gan_weight": 0.0,
-    "gan_lr": 1e-4,
-}
+from backend.training.settings import Distillation, TeacherTraining, TrainSettings
+from backend.training.teacher import SingleStepTeacher, load_teacher, save_teacher, teacher_loss
+from backend.training.trainer import BaseTrainer, StudentTrainer, TrainingError, weighted_total
 
 
-class TeacherTrainer(StudentTrainer):
+class TeacherTrainer(BaseTrainer[SingleStepTeacher]):
     """LoRA on the UNet (optionally the VAE encoder) + the uncertainty estimator.
 
     ``settings.init`` is the local diffusers directory of the base model (SD-Turbo);
-    ``settings.extra`` holds :class:`TeacherOptions` fields and the NLL/latent weights.
+    ``settings.teacher_training`` the teacher's options and loss weights (defaults if None).
     """
+
+    @property
+    def teacher_training(self) -> TeacherTraining:
+        return self.s.teacher_training or TeacherTraining()
 
     def _build_model(self) -> tuple[SingleStepTeacher, dict[str, Any]]:
         if not self.s.init:
             raise TrainingError("the teacher needs --base: a local SD-Turbo diffusers directory")
-        names = TeacherOptions.__dataclass_fields__
-        options = TeacherOptions(**{k: v for k, v in self.s.extra.items() if k in names})
-        teacher = load_teacher(self.s.init, options, with_lora=True)
-        return teacher, {"name": Path(self.s.init).name}
+        self.base = Path(self.s.init)  # its scheduler/ goes into the exported teacher
+        teacher = load_teacher(self.base, self.teacher_training.options, with_lora=True)
+        return teacher, {"name": self.base.name}
+
+    def input_multiple(self) -> int:
+        return self.model.downscale
 
     def compute_loss(
         self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
@@ -64,9 +58,8 @@ class TeacherTrainer(StudentTrainer):
         out = self.model.restore(inputs)
         with torch.no_grad():
             z_gt = self.model.encode(target).float()
-        return teacher_loss(
-            out, z_gt, target, self.s.extra.get("nll_weight", 1.0), self.s.extra.get("latent_weight", 1.0)
-        )
+        weights = self.teacher_training
+        return teacher_loss(out, z_gt, target, weights.nll_weight, weights.latent_weight)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
@@ -81,29 +74,29 @@ class TeacherTrainer(StudentTrainer):
     def export(self, complete: bool) -> Path:
         """A teacher directory (merged LoRA): the input of ``prune`` and ``distill``."""
         folder = self.out / "teacher"
-        save_teacher(self.model, folder, self.s.init)
+        save_teacher(self.model, folder, self.base)
         return folder
 
 
 class DistillTrainer(StudentTrainer):
     """Student (``settings.init``: usually the pruned teacher) learns from a frozen teacher."""
 
-    def __init__(self, settings, log=print) -> None:
-        settings.extra = {**DISTILL_DEFAULTS, **settings.extra}
-        settings.method = "distillation"
-        if not settings.extra["teacher"]:
+    def __init__(self, settings: TrainSettings, log: Callable[[str], None] = print) -> None:
+        if settings.distillation is None or not settings.distillation.teacher:
             raise TrainingError(
                 "distillation needs --teacher: a teacher directory (from 'teacher' or a base)"
             )
+        self.distillation: Distillation = settings.distillation
+        settings.method = "distillation"
         super().__init__(settings, log)
         self.teacher = (
-            load_teacher(settings.extra["teacher"], device=self.device).eval().requires_grad_(False)
+            load_teacher(self.distillation.teacher, device=self.device).eval().requires_grad_(False)
         )
-        self.discriminator = None
-        if settings.extra["gan_weight"] > 0:
+        self.discriminator: PatchDiscriminator | None = None
+        if self.distillation.gan_weight > 0:
             self.discriminator = PatchDiscriminator().to(self.device)
             self.d_optimizer = torch.optim.AdamW(
-                self.discriminator.parameters(), lr=settings.extra["gan_lr"], betas=(0.5, 0.99)
+                self.discriminator.parameters(), lr=self.distillation.gan_lr, betas=(0.5, 0.99)
             )
         self._last_pair: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -116,28 +109,27 @@ class DistillTrainer(StudentTrainer):
     def compute_loss(
         self, inputs: torch.Tensor, target: torch.Tensor, lr: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        e = self.s.extra
+        e = self.distillation
         z_student, image = self.student_output(inputs, lr)
         t_features, t_image = self.teacher_features(inputs)
         generator = torch.Generator().manual_seed(self.s.seed + 7919 * self.step)
         parts: dict[str, torch.Tensor] = {
-            "mmd": feature_mmd(z_student.float(), t_features.float(), e["mmd_samples"], generator)
+            "mmd": feature_mmd(z_student.float(), t_features.float(), e.mmd_samples, generator)
         }
-        weights = {"mmd": e["mmd_weight"]}
+        weights = {"mmd": e.mmd_weight}
         image_parts, image_weights = self.image_losses(image, target)
         parts.update(image_parts)
         weights.update(image_weights)
-        if e["teacher_image_weight"]:
+        if e.teacher_image_weight:
             parts["teacher_l1"] = (image - t_image.float()).abs().mean()
-            weights["teacher_l1"] = e["teacher_image_weight"]
+            weights["teacher_l1"] = e.teacher_image_weight
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)
-            parts["adv"], weights["adv"] = hinge_g_loss(self.discriminator(image)), e["gan_weight"]
+            parts["adv"], weights["adv"] = hinge_g_loss(self.discriminator(image)), e.gan_weight
             self._last_pair = (image.detach(), target)
-        total = sum(weights[k] * v for k, v in parts.items())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return weighted_total(parts, weights)
 
-    def train_step(self, micro_batches) -> dict[str, float]:
+    def train_step(self, micro_batches: Iterator[torch.Tensor]) -> dict[str, float]:
         stats = super().train_step(micro_batches)
         if self.discriminator is not None and self._last_pair is not None:
             fake, real = self._last_pair
@@ -164,6 +156,6 @@ class DistillTrainer(StudentTrainer):
 
     def training_metadata(self, complete: bool) -> dict[str, Any]:
         meta = super().training_metadata(complete)
-        meta["distillation"] = {k: v for k, v in self.s.extra.items() if k != "teacher"}
-        meta["teacher"] = Path(self.s.extra["teacher"]).name
+        meta["distillation"] = {k: v for k, v in asdict(self.distillation).items() if k != "teacher"}
+        meta["teacher"] = Path(self.distillation.teacher).name
         return meta

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import argparse
 
-from backend.training.train_command import add_common_arguments, run_trainer, settings_from_args
+from backend.training.cli_fields import from_args
+from backend.training.settings import TrainSettings
+from backend.training.train_command import add_training_arguments, run_trainer
 
 HELP = "fine-tune a student (release .pkl or .safetensors) on your own HR rasters, with held-out validation"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", nargs="+", required=True, help="your HR rasters or folders")
-    p.add_argument("--init", required=True, help="the student to adapt (.safetensors or release .pkl)")
-    add_common_arguments(p, default_steps=2000, default_lr=2e-5)
-    p.set_defaults(degradation="realesrgan", val_fraction=0.2, warmup=50, val_every=100)
+    add_training_arguments(
+        p,
+        defaults={
+            "steps": 2000,
+            "lr": 2e-5,
+            "degradation": "realesrgan",
+            "val_fraction": 0.2,
+            "warmup": 50,
+            "val_every": 100,
+        },
+        required=("init",),  # the student to adapt
+        exclude=("student",),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from backend.training.finetune import FineTuner
 
-    args.student = None
-    settings = settings_from_args(args, "finetune", f"slimdiffsr_finetuned_x{args.scale}")
-    return run_trainer(FineTuner, settings, args)
+    return run_trainer(FineTuner, from_args(TrainSettings, args, method="finetune"), args)

@@ -7,6 +7,9 @@ perceptual networks (LPIPS/VGG cannot be downloaded in this environment).
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -63,7 +66,7 @@ def mmd2(
     with torch.no_grad():
         off = d2[~torch.eye(d2.shape[0], dtype=torch.bool, device=d2.device)]
         h = off.median().clamp(min=1e-8) if off.numel() else torch.tensor(1.0, device=d2.device)
-    k = sum(torch.exp(-d2 / (f * h)) for f in factors)
+    k = functools.reduce(operator.add, (torch.exp(-d2 / (f * h)) for f in factors))
     n = x.shape[0]
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 

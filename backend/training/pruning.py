@@ -20,11 +20,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from backend.model import SlimDiffSRStudent, StudentConfig
+
+if TYPE_CHECKING:
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 
 @dataclass
@@ -44,12 +48,12 @@ class PruningReport:
         )
 
 
-def student_config_for(unet_config: dict, depth: int = 2, **overrides) -> StudentConfig:
+def student_config_for(unet_config: dict[str, Any], depth: int = 2, **overrides: Any) -> StudentConfig:
     """The student whose pruned UNet matches a teacher UNet configuration at ``depth``."""
     widths = list(unet_config["block_out_channels"])
     if not 1 <= depth < len(widths):
         raise ValueError(f"depth must be in 1..{len(widths) - 1} for a {len(widths)}-level UNet")
-    fields = {
+    fields: dict[str, Any] = {
         "unet_channels": (*widths[:depth], widths[depth]),
         "layers_per_block": int(unet_config.get("layers_per_block", 2)),
         "norm_groups": int(unet_config.get("norm_num_groups", 32)),
@@ -77,10 +81,14 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def prune_teacher(
-    unet: nn.Module, depth: int = 2, *, taesd: nn.Module | None = None, config: StudentConfig | None = None
+    unet: UNet2DConditionModel,
+    depth: int = 2,
+    *,
+    taesd: nn.Module | None = None,
+    config: StudentConfig | None = None,
 ) -> tuple[SlimDiffSRStudent, PruningReport]:
-    """Build the student for ``unet`` (a diffusers UNet2DConditionModel) and inherit weights."""
-    levels = len(unet.config.block_out_channels)
+    """Build the student for a diffusers ``unet`` and inherit its surviving weights."""
+    levels = len(unet.config["block_out_channels"])
     config = config or student_config_for(dict(unet.config), depth)
     student = SlimDiffSRStudent(config)
     teacher_state = unet.state_dict()
@@ -107,7 +115,7 @@ def prune_teacher(
 
 def paper_parameter_counts() -> tuple[int, int]:
     """(SD-Turbo UNet, paper student) parameter counts, built on the meta device (no memory)."""
-    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     from backend.training.teacher import sd_turbo_unet_config
 
@@ -119,7 +127,7 @@ def paper_parameter_counts() -> tuple[int, int]:
 
 def load_taesd(folder: str | Path) -> nn.Module:
     """A local diffusers AutoencoderTiny (TAESD) directory; its layer names match the student's."""
-    from diffusers import AutoencoderTiny
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 
     return AutoencoderTiny.from_pretrained(Path(folder), local_files_only=True)
 

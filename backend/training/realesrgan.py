@@ -14,7 +14,7 @@ reference's optional USM sharpening of the ground truth is not applied.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from backend.training.blur_kernels import (
     sinc_kernel,
     uniform,
 )
+from backend.training.degradations import RandomDegradation
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
@@ -64,20 +65,15 @@ FIRST_STAGE = StageSettings(
     gray_noise_prob=0.4,
     jpeg_range=(30.0, 95.0),
 )
-SECOND_STAGE = StageSettings(
+# The second stage is milder: less blur, smaller resizes, less noise.
+SECOND_STAGE = replace(
+    FIRST_STAGE,
     blur_prob=0.8,
-    kernel_probs=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
-    sinc_prob=0.1,
     blur_sigma=(0.2, 1.5),
-    betag=(0.5, 4.0),
-    betap=(1.0, 2.0),
     resize_probs=(0.3, 0.4, 0.3),
     resize_range=(0.3, 1.2),
-    gaussian_noise_prob=0.5,
     noise_range=(1.0, 25.0),
     poisson_scale_range=(0.05, 2.5),
-    gray_noise_prob=0.4,
-    jpeg_range=(30.0, 95.0),
 )
 
 
@@ -139,15 +135,13 @@ def jpeg(x: torch.Tensor, g: torch.Generator, quality_range: tuple[float, float]
     return jpeg_codec_differentiable(x.clamp(0, 1), quality).clamp(0, 1)
 
 
-class RealESRGANDegradation:
-    """Callable ``(hr [B,3,H,W] in [0,1], generator) -> lr [B,3,H/s,W/s]``; seeded, torch only."""
+class RealESRGANDegradation(RandomDegradation[RealESRGANSettings]):
+    """Real-ESRGAN's second-order pipeline on RGB batches; seeded, torch only."""
+
+    kind = "realesrgan-second-order"
 
     def __init__(self, scale: int, settings: RealESRGANSettings | None = None) -> None:
-        self.scale = scale
-        self.settings = settings or RealESRGANSettings()
-
-    def describe(self) -> dict[str, object]:
-        return {"kind": "realesrgan-second-order", "scale": self.scale, **asdict(self.settings)}
+        super().__init__(scale, settings or RealESRGANSettings())
 
     def _kernels(self, g: torch.Generator, n: int, stage: StageSettings) -> torch.Tensor:
         size_max = max(self.settings.kernel_sizes)
@@ -205,11 +199,8 @@ class RealESRGANDegradation:
                 kernels.append(pulse)
         return filter_per_image(x, torch.stack(kernels))
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        g = generator or torch.Generator().manual_seed(0)
+    def degrade(self, hr: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         h, w = hr.shape[-2:]
-        if h % self.scale or w % self.scale:
-            raise ValueError(f"HR size {h}x{w} is not a multiple of the scale {self.scale}")
         lr_size = (h // self.scale, w // self.scale)
         x = self._stage(hr.float(), g, self.settings.first, with_jpeg=True)
         x = self._stage(x, g, self.settings.second, with_jpeg=False)

@@ -30,13 +30,14 @@ the caller's ``torch.Generator``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from backend.degradation import REDUCTIONS, add_noise, blur, gaussian_psf, jpeg, quantize, reduce_by
 from backend.model.lr_consistency import reduce
 from backend.training.blur_kernels import choice, uniform
+from backend.training.degradations import RandomDegradation
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,13 @@ class SensorSettings:
     jpeg_quality: tuple[float, float] = (70.0, 95.0)
 
 
-class SensorDegradation:
-    """Callable ``(hr [B,C,H,W] in [0,1], generator) -> lr [B,C,H/s,W/s]``, drawn per image."""
+class SensorDegradation(RandomDegradation[SensorSettings]):
+    """Remote-sensing LR synthesis, drawn per image (see the module docstring)."""
+
+    kind = "sensor"
 
     def __init__(self, scale: int, settings: SensorSettings | None = None) -> None:
-        self.scale = scale
-        self.settings = settings or SensorSettings()
-
-    def describe(self) -> dict[str, object]:
-        return {"kind": "sensor", "scale": self.scale, **asdict(self.settings)}
+        super().__init__(scale, settings or SensorSettings())
 
     def one(self, hr: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """One image [1,C,H,W] -> its LR."""
@@ -92,10 +91,6 @@ class SensorDegradation:
             x = jpeg(x, uniform(g, *st.jpeg_quality))
         return quantize(x)
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        g = generator or torch.Generator().manual_seed(0)
-        h, w = hr.shape[-2:]
-        if h % self.scale or w % self.scale:
-            raise ValueError(f"HR size {h}x{w} is not a multiple of the scale {self.scale}")
+    def degrade(self, hr: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         out = torch.cat([self.one(hr[i : i + 1].float(), g) for i in range(hr.shape[0])])
         return out.to(hr.dtype)

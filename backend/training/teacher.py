@@ -22,12 +22,21 @@ nothing is downloaded at run time.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from backend.training.settings import TeacherOptions
+
+if TYPE_CHECKING:
+    # The defining modules: the package's top level names dummies for mypy when it cannot
+    # tell whether torch is installed.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 PROMPT = "High-quality, 4K, satellite images."
 TEACHER_FILE = "teacher.json"
@@ -105,8 +114,8 @@ class UncertaintyEstimator(nn.Module):
         self.blocks = nn.Sequential(*(ResidualConvBlock(width) for _ in range(blocks)))
         self.mean_head = nn.Conv2d(width, latent_channels, 3, padding=1)
         self.logvar_head = nn.Conv2d(width, latent_channels, 3, padding=1)
-        nn.init.zeros_(self.mean_head.weight)
-        nn.init.zeros_(self.mean_head.bias)
+        for p in self.mean_head.parameters():  # weight and bias: the mean starts at z_lr
+            nn.init.zeros_(p)
 
     def forward(self, z_lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.blocks(self.stem(z_lr))
@@ -144,25 +153,16 @@ class TimeMapping(nn.Module):
         return self.mlp(pooled)[:, 0] * (self.upper - self.lower) + self.lower
 
 
-@dataclass
-class TeacherOptions:
-    """How the teacher picks t and what gets LoRA (saved as ``teacher.json``)."""
-
-    timestep_mode: str = "uncertainty"  # uncertainty | learned | fixed
-    fixed_timestep: float = 999.0  # SD-Turbo's single-step timestep, for 'fixed'
-    lora_rank: int = 4
-    vae_lora_rank: int = 0  # 0: the VAE stays frozen
-    estimator_width: int = 64
-    estimator_blocks: int = 4
-
-
 class SingleStepTeacher(nn.Module):
     """UNet + VAE + schedule + prompt embedding + uncertainty estimator (+ TimeMapping)."""
 
+    alphas_cumprod: torch.Tensor
+    prompt_embeds: torch.Tensor
+
     def __init__(
         self,
-        unet: nn.Module,
-        vae: nn.Module,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
         alphas_cumprod: torch.Tensor,
         prompt_embeds: torch.Tensor,
         options: TeacherOptions,
@@ -171,14 +171,14 @@ class SingleStepTeacher(nn.Module):
         self.unet, self.vae, self.options = unet, vae, options
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
-        latent = unet.config.in_channels
+        latent = unet.config["in_channels"]
         self.uncertainty = UncertaintyEstimator(latent, options.estimator_width, options.estimator_blocks)
         self.time_mapping = TimeMapping(latent) if options.timestep_mode == "learned" else None
-        self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.scaling = float(vae.config.get("scaling_factor", 0.18215))
 
     @property
     def downscale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(image).latent_dist.mode() * self.scaling
@@ -189,7 +189,7 @@ class SingleStepTeacher(nn.Module):
     def timesteps(self, z_lr: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         if self.options.timestep_mode == "uncertainty":
             return timestep_from_variance(logvar.exp().mean(dim=(1, 2, 3)), self.alphas_cumprod)
-        if self.options.timestep_mode == "learned":
+        if self.time_mapping is not None:  # timestep_mode "learned"
             return self.time_mapping(z_lr)
         return torch.full((z_lr.shape[0],), self.options.fixed_timestep, device=z_lr.device)
 
@@ -211,24 +211,7 @@ class SingleStepTeacher(nn.Module):
 
 
 # -- construction ------------------------------------------------------------------------
-def tiny_unet_config() -> dict:
-    """An SD-shaped UNet small enough for CPU tests (same block types as SD-Turbo)."""
-    return {
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "layers_per_block": 1,
-        "block_out_channels": [32, 64, 64, 64],
-        "norm_num_groups": 8,
-        "cross_attention_dim": 32,
-        "attention_head_dim": [2, 4, 4, 4],
-        "use_linear_projection": True,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    }
-
-
-def sd_turbo_unet_config() -> dict:
+def sd_turbo_unet_config() -> dict[str, Any]:
     """The SD-Turbo (SD 2.1) UNet as the paper uses it (865.9M parameters)."""
     return {
         "sample_size": 64,
@@ -250,7 +233,20 @@ def sd_turbo_unet_config() -> dict:
     }
 
 
-def tiny_vae_config() -> dict:
+def tiny_unet_config() -> dict[str, Any]:
+    """SD-Turbo's UNet (same blocks and options) with widths small enough for CPU tests."""
+    return {
+        **sd_turbo_unet_config(),
+        "sample_size": 16,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64, 64, 64],
+        "norm_num_groups": 8,
+        "cross_attention_dim": 32,
+        "attention_head_dim": [2, 4, 4, 4],
+    }
+
+
+def tiny_vae_config() -> dict[str, Any]:
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -270,7 +266,9 @@ def write_tiny_base(folder: str | Path, seed: int = 0) -> Path:
     Same files a user's local SD-Turbo copy has (``unet/``, ``vae/``, ``scheduler/``), plus
     a random prompt embedding instead of a text encoder.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -345,7 +343,9 @@ def load_teacher(
     ``options`` default to the directory's ``teacher.json`` (a trained teacher) or to
     :class:`TeacherOptions`. ``with_lora`` adds fresh adapters for training.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
     folder = Path(folder)
     if not (folder / "unet").is_dir():

@@ -1,8 +1,9 @@
 """A resumable training loop for the student, run in chunks on whatever hardware there is.
 
 The supervised objective (HR crops, synthetic LR, image losses on the student's output)
-is the loop's default; distillation and fine-tuning reuse the loop and change only the
-loss (:meth:`StudentTrainer.compute_loss`) and where the weights start.
+is the loop's default (:class:`StudentTrainer`); distillation and fine-tuning reuse it and
+change only the loss (:meth:`BaseTrainer.compute_loss`) and where the weights start; the
+teacher's trainer shares the loop (:class:`BaseTrainer`) with another model.
 
 Reproducibility and exact resume: the HR crops of step ``s`` are items
 ``[s*B*A, (s+1)*B*A)`` of a dataset whose item ``i`` is a pure function of ``(seed, i)``,
@@ -21,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
+import operator
 import platform
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,73 +43,19 @@ from backend.signals import StopRequest
 from backend.training.data import FixedCrops, RasterCropDataset, find_rasters, stable_split
 from backend.training.degradations import make_degrader, network_input
 from backend.training.losses import fft_loss, ssim_loss
+from backend.training.settings import TrainingError, TrainSettings
 from backend.weights import load_weights, save_safetensors
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says what to change."""
+__all__ = ["BaseTrainer", "StudentTrainer", "TrainSettings", "TrainingError", "lr_factor", "weighted_total"]
 
-
-@dataclass
-class TrainSettings:
-    """Everything a run depends on; saved with checkpoints and in the exported metadata."""
-
-    data: list[str]
-    out: str
-    val_data: list[str] = field(default_factory=list)
-    val_fraction: float = 0.1
-    scale: int = 4
-    crop: int = 128
-    batch_size: int = 4
-    grad_accum: int = 1
-    steps: int = 1000
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup: int = 100
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    precision: str = "fp32"
-    l1_weight: float = 1.0
-    mse_weight: float = 0.0
-    ssim_weight: float = 0.0
-    fft_weight: float = 0.0
-    degradation: str = "bicubic"
-    lr_consistency: bool = False  # train with the back-projection step after the network
-    checkpoint_every: int = 200
-    val_every: int = 200
-    val_crops_per_file: int = 2
-    log_every: int = 10
-    max_minutes: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    init: str | None = None
-    student: dict[str, Any] | None = None
-    name: str = "slimdiffsr_student"
-    method: str = "supervised"
-    tensorboard: bool = False
-    max_invalid: float = 0.01
-    sampling: str = "area"  # file draw probability: "area" or "sqrt-area" (see training.data)
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (teacher, MMD, GAN)
-
-    def validate(self, multiple: int) -> None:
-        if self.scale not in (2, 4, 8):
-            raise TrainingError(f"scale must be 2, 4 or 8, not {self.scale}")
-        if self.crop % self.scale or self.crop % multiple:
-            raise TrainingError(
-                f"crop {self.crop} must be a multiple of the scale {self.scale} and of the network's "
-                f"input multiple {multiple}"
-            )
-        if self.schedule not in ("cosine", "constant"):
-            raise TrainingError("schedule must be 'cosine' or 'constant'")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise TrainingError("precision must be fp32, bf16 or fp16")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 1:
-            raise TrainingError("batch size, gradient accumulation and steps must be positive")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -126,8 +74,22 @@ def hardware_summary(device: torch.device) -> str:
     return f"{describe_device(device)}; {cpu}; torch {torch.__version__}"
 
 
-class StudentTrainer:
-    """Builds data, model and optimizer from settings; ``run()`` trains until done or stopped."""
+def weighted_total(
+    parts: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(sum of the weighted loss terms, each term's unweighted value for the log)."""
+    total = functools.reduce(operator.add, (weights[k] * v for k, v in parts.items()))
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+class BaseTrainer(Generic[M]):
+    """Builds data, model and optimizer from settings; ``run()`` trains until done or stopped.
+
+    Subclasses say which model (:meth:`_build_model`), its input multiple and how it is
+    exported; the student's trainers and the teacher's share everything else.
+    """
+
+    model: M
 
     def __init__(self, settings: TrainSettings, log: Callable[[str], None] = print) -> None:
         self.s = settings
@@ -137,11 +99,7 @@ class StudentTrainer:
         self.device = resolve_device(settings.device)
         torch.manual_seed(settings.seed)
         self.model, self.init_metadata = self._build_model()
-        if isinstance(self.model, SlimDiffSRStudent):
-            settings.student = self.model.config.to_dict()
-            settings.validate(self.model.config.downscale)
-        else:
-            settings.validate(self.model.downscale)
+        settings.validate(self.input_multiple())
         self.model.to(self.device).train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(
             self.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99)
@@ -167,22 +125,17 @@ class StudentTrainer:
         self.step = 0
         self.train_seconds = 0.0
         self.last_val: dict[str, float] = {}
-        self._tb = None
+        self._tb: SummaryWriter | None = None
+        self.stopped_by = ""
 
     # -- construction ------------------------------------------------------------------
-    def _build_model(self) -> tuple[SlimDiffSRStudent, dict[str, Any]]:
-        if self.s.init:
-            loaded = load_weights(
-                self.s.init, scale=None if Path(self.s.init).suffix == ".safetensors" else self.s.scale
-            )
-            if loaded.scale != self.s.scale:
-                self.log(
-                    f"note: {Path(self.s.init).name} was trained for x{loaded.scale}; training for "
-                    f"x{self.s.scale} (x4 and x8 share the architecture)"
-                )
-            return loaded.model, dict(loaded.metadata)
-        config = StudentConfig.from_dict(self.s.student) if self.s.student else StudentConfig()
-        return SlimDiffSRStudent(config), {}
+    def _build_model(self) -> tuple[M, dict[str, Any]]:
+        """The model to train and the metadata of the weights it starts from."""
+        raise NotImplementedError
+
+    def input_multiple(self) -> int:
+        """What the crop size must be a multiple of (the network's downscaling)."""
+        raise NotImplementedError
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -252,9 +205,7 @@ class StudentTrainer:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Image losses on the student's output in [-1, 1] space."""
         _, image = self.student_output(inputs, lr)
-        parts, weights = self.image_losses(image, target)
-        total = sum(weights[k] * v for k, v in parts.items())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return weighted_total(*self.image_losses(image, target))
 
     def train_step(self, micro_batches: Iterator[torch.Tensor]) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -365,11 +316,13 @@ class StudentTrainer:
         mine = json.loads(json.dumps(dataclasses.asdict(self.s)))
 
         def same(key: str) -> bool:
+            if key not in mine:  # a setting removed since: only its empty value resumes
+                return not saved[key]
             if key in ("data", "val_data"):  # one folder, however it was spelled
                 return [str(Path(p).resolve()) for p in saved[key] or []] == [
                     str(Path(p).resolve()) for p in mine.get(key) or []
                 ]
-            return saved[key] == mine.get(key)
+            return saved[key] == mine[key]
 
         changed = [k for k in saved if k not in free and not same(k)]
         if changed:
@@ -448,15 +401,8 @@ class StudentTrainer:
         }
 
     def export(self, complete: bool) -> Path:
-        path = self.out / f"{self.s.name}.safetensors"
-        return save_safetensors(
-            self.model,
-            path,
-            self.s.scale,
-            name=self.s.name,
-            training=self.training_metadata(complete),
-            lr_consistency=self.s.lr_consistency,
-        )
+        """Write the trained model where the user picks it up; returns its path."""
+        raise NotImplementedError
 
     # -- the loop ----------------------------------------------------------------------
     def run(self, restart: bool = False) -> Path:
@@ -535,3 +481,38 @@ class StudentTrainer:
         self.log(f"{state} at step {self.step}/{self.s.steps}; weights: {path}")
         self.stopped_by = reason
         return path
+
+
+class StudentTrainer(BaseTrainer[SlimDiffSRStudent]):
+    """Trains a :class:`SlimDiffSRStudent`: a new one (``student``) or ``init`` weights."""
+
+    def _build_model(self) -> tuple[SlimDiffSRStudent, dict[str, Any]]:
+        if self.s.init:
+            loaded = load_weights(
+                self.s.init, scale=None if Path(self.s.init).suffix == ".safetensors" else self.s.scale
+            )
+            if loaded.scale != self.s.scale:
+                self.log(
+                    f"note: {Path(self.s.init).name} was trained for x{loaded.scale}; training for "
+                    f"x{self.s.scale} (x4 and x8 share the architecture)"
+                )
+            model, metadata = loaded.model, dict(loaded.metadata)
+        else:
+            config = StudentConfig.from_dict(self.s.student) if self.s.student else StudentConfig()
+            model, metadata = SlimDiffSRStudent(config), {}
+        self.s.student = model.config.to_dict()  # recorded: a resumed run keeps its architecture
+        return model, metadata
+
+    def input_multiple(self) -> int:
+        return self.model.config.downscale
+
+    def export(self, complete: bool) -> Path:
+        path = self.out / f"{self.s.export_name}.safetensors"
+        return save_safetensors(
+            self.model,
+            path,
+            self.s.scale,
+            name=self.s.export_name,
+            training=self.training_metadata(complete),
+            lr_consistency=self.s.lr_consistency,
+        )
