@@ -14,11 +14,11 @@ from backend.training.trainer import StudentTrainer
 
 
 class FineTuner(StudentTrainer):
+    """The supervised loop, with the starting model validated first (step 0 of val_log.csv)."""
+
     def run(self, restart: bool = False) -> Path:
         if restart:
-            self.checkpoint_path.unlink(missing_ok=True)
-            for name in ("train_log.csv", "val_log.csv"):
-                (self.out / name).unlink(missing_ok=True)
+            self.forget_earlier_run()
         if not self.checkpoint_path.is_file():
             before = self.validate()
             if before:

@@ -344,6 +344,12 @@ class BaseTrainer(Generic[M]):
         self._truncate_logs(self.step)
         return True
 
+    def forget_earlier_run(self) -> None:
+        """Remove the checkpoint and logs of an earlier run in this folder (``--restart``)."""
+        self.checkpoint_path.unlink(missing_ok=True)
+        for name in ("train_log.csv", "val_log.csv"):
+            (self.out / name).unlink(missing_ok=True)
+
     def _truncate_logs(self, step: int) -> None:
         """Drop log rows written after the checkpoint by a chunk that was killed hard."""
         for name in ("train_log.csv", "val_log.csv"):
@@ -408,9 +414,7 @@ class BaseTrainer(Generic[M]):
     def run(self, restart: bool = False) -> Path:
         """Train to ``settings.steps`` or until the budget/a signal; always checkpoint and export."""
         if restart:
-            self.checkpoint_path.unlink(missing_ok=True)
-            for name in ("train_log.csv", "val_log.csv"):
-                (self.out / name).unlink(missing_ok=True)
+            self.forget_earlier_run()
         elif self.resume():
             self.log(f"resumed from step {self.step} ({self.checkpoint_path})")
         (self.out / "settings.json").write_text(json.dumps(dataclasses.asdict(self.s), indent=2))
