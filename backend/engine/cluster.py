@@ -1,8 +1,10 @@
 """``upscale_raster`` on a Dask cluster: one raster cut into regions, one writer.
 
 The client (this process) checks the input and the output exactly as the local engine
-does, measures the global radiometry, asks one worker for the colour statistics, then
-submits one task per region of the plan (:mod:`backend.engine.regions`) and one per seam.
+does, measures the global radiometry, asks one worker for the raster's statistics (the
+network's global ones and the colour match's, shared by every region as the local engine
+shares them by every tile), then submits one task per region of the plan
+(:mod:`backend.engine.regions`) and one per seam.
 Workers read their windows from the shared input, run the model they loaded once, blend
 and finish the blocks; the client receives finished blocks (in the output's data type)
 and writes them into the temporary GeoTIFF, which is renamed when complete, as locally.
@@ -31,11 +33,12 @@ from typing import Any
 
 from backend.engine.cluster_tasks import (
     ModelSpec,
+    RasterStatistics,
     RegionJob,
-    color_stats,
     finish_seam,
     model_info,
     pick,
+    raster_statistics,
     run_region,
 )
 from backend.engine.job import Job, ModelFacts, gdal_env
@@ -273,9 +276,7 @@ def _run(
     temp = TempOutput(job.dst)
     with job.failures(temp):
         try:
-            stats: list[Any] = []
-            if first["color_match"]:
-                stats = _color_stats(client, spec, job, resources, futures, cancel)
+            stats = _raster_statistics(client, spec, job, resources, futures, cancel)
             tasks = RegionTasks(client, spec, job, stats, resources, futures)
             skipped, crs_wkt = job.write(temp, lambda dst: tasks.compute_and_write(dst, progress, cancel))
         except BaseException:
@@ -292,17 +293,18 @@ def _run(
     )
 
 
-def _color_stats(
+def _raster_statistics(
     client: Any,
     spec: ModelSpec,
     job: Job,
     resources: dict[str, float] | None,
     futures: set[Any],
     cancel: Callable[[], bool] | None,
-) -> list[Any]:
-    """The colour statistics, computed by one worker over windows spread across the raster."""
+) -> RasterStatistics:
+    """The network's and the colour statistics, computed by one worker over windows spread
+    across the raster and shared by every region."""
     f = client.submit(
-        color_stats,
+        raster_statistics,
         spec,
         job.plan,
         job.info,
@@ -317,7 +319,8 @@ def _color_stats(
         _check_cancel(cancel)
         time.sleep(0.05)
     futures.discard(f)
-    return list(f.result())
+    result: RasterStatistics = f.result()
+    return result
 
 
 def _cancel(client: Any, futures: set[Any]) -> None:
@@ -337,7 +340,7 @@ class RegionTasks:
     client: Any
     spec: ModelSpec
     job: Job
-    stats: list[Any]
+    stats: RasterStatistics
     resources: dict[str, float] | None
     futures: set[Any]
     pending: dict[Any, str] = field(default_factory=dict)

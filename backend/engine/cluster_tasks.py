@@ -26,7 +26,7 @@ from backend.engine.reader import SourceInfo, TileReader
 from backend.engine.regions import Region, Seam
 
 if TYPE_CHECKING:
-    from backend.inference import ColorStats, SuperResolver
+    from backend.inference import ColorStats, GlobalStatistics, SuperResolver
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,26 @@ def model_info(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def color_stats(
+@dataclass(frozen=True)
+class RasterStatistics:
+    """What every region must share so that the cluster computes the local engine's picture:
+    the network's global statistics and the colour-match statistics."""
+
+    network: GlobalStatistics | None
+    color: list[ColorStats]
+
+
+def raster_statistics(
     spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry, stat_windows: int, batch: int
-) -> list[ColorStats]:
-    """The global colour-match statistics, as the local engine computes them."""
-    from backend.engine.model import ModelStep
+) -> RasterStatistics:
+    """The raster's statistics, on one worker, exactly as the local engine computes them."""
+    from backend.engine.model import ModelStep, gather_statistics
     from backend.engine.run import _estimate_stats
 
     step = ModelStep(worker_model(spec)[0], radiometry)
+    gather_statistics(plan, info, step)
     _estimate_stats(plan, info, step, UpscaleOptions(stat_windows=stat_windows), batch, None)
-    return step.stats
+    return RasterStatistics(step.statistics, step.stats)
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ class RegionJob:
     plan: TilePlan
     info: SourceInfo
     radiometry: Radiometry
-    stats: list[Any]
+    stats: RasterStatistics
     batch: int
     region: Region
     seams: dict[int, tuple[tuple[int, int], ...]]
@@ -112,7 +122,8 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
 
     plan, info = job.plan, job.info
     step = ModelStep(worker_model(job.spec)[0], job.radiometry)
-    step.stats = list(job.stats)
+    step.statistics = job.stats.network
+    step.stats = list(job.stats.color)
     channels = len(info.bands)
     blender = Blender(plan, channels, job.region.own_blocks)
     seam_of = {b: s for s, blocks in job.seams.items() for b in blocks}

@@ -73,7 +73,7 @@ def upscale_raster(
         # Imported only now: a bad path or input is refused in a fraction of a second instead
         # of after the seconds torch takes to load.
         from backend.engine.calibration import calibrate_on_raster
-        from backend.engine.model import ModelStep, resolve_model
+        from backend.engine.model import ModelStep, gather_statistics, resolve_model
 
         resolver, model_name = resolve_model(model, options)
         facts = ModelFacts(
@@ -91,6 +91,7 @@ def upscale_raster(
         temp = TempOutput(job.dst)
         with job.failures(temp):
             calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
+            gather_statistics(plan, job.info, step)  # the network's, shared by every tile
             cache = _estimate_stats(plan, job.info, step, options, job.batch, cancel)
             skipped, crs_wkt = job.write(
                 temp,
