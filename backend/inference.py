@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -103,6 +103,16 @@ def reflect_pad(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
         bottom -= pb
         right -= pr
     return x
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _channels_last(module: ModuleT) -> ModuleT:
+    """``module`` with its 4-D weights in the channels-last layout the CPU and cuDNN
+    convolutions prefer. ``Module.to`` takes ``memory_format`` at run time, but its type
+    stubs do not list it."""
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -192,7 +202,7 @@ class SuperResolver:
         self.channels_last = channels_last
         self.model = model.eval().requires_grad_(False).to(self.device)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = _channels_last(self.model)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.compile = compile
@@ -258,17 +268,18 @@ class SuperResolver:
         if cast_weights:
             model = model.to(dtype)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.compile:
-            model = torch.compile(model)
+            model = _channels_last(model)
+        forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] = (
+            torch.compile(model) if self.compile else model
+        )
 
         def run(x: torch.Tensor, context: GlobalContext | None) -> torch.Tensor:
             if cast_weights:
-                return model(x.to(dtype), context)[1].float()
+                return forward(x.to(dtype), context)[1].float()
             if dtype is None:
-                return model(x, context)[1].float()
+                return forward(x, context)[1].float()
             with torch.autocast(device_type=self.device.type, dtype=dtype):
-                return model(x, context)[1].float()
+                return forward(x, context)[1].float()
 
         def network(x: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
             if statistics is None:

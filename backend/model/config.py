@@ -117,7 +117,7 @@ class StudentConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         cfg = cls(**kw)
         cfg.validate()
         return cfg

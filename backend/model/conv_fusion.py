@@ -24,6 +24,8 @@ The fused form is for inference only (its kernels are buffers, not parameters).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,15 +113,18 @@ class LinearConvChain(nn.Module):
     recompute the output's border ring.
     """
 
+    kernel: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
         problem = _chain_problem(layers)
         if problem:
             raise ValueError(problem)
         self.upsample = _is_nearest_x2(layers[0])
-        first, second = layers[-2:]
+        first, second = (cast(nn.Conv2d, m) for m in layers[-2:])  # checked just above
         self.original = nn.Sequential(*layers)
-        self.stride = second.stride[0]
+        self.stride: int = second.stride[0]
         with torch.no_grad():
             kernel, bias = _compose(first, second)
             if self.upsample:
@@ -172,13 +177,14 @@ def _chain_at(items: list[nn.Module], i: int) -> list[nn.Module] | None:
     return None if _chain_problem(chain) else chain
 
 
-def fuse_linear_chains(layers: nn.Sequential) -> nn.Sequential:
-    """The same layers with every [nearest x2] conv-conv chain replaced by a LinearConvChain.
+def fuse_linear_chains(layers: nn.Module) -> nn.Sequential:
+    """The same layers (a Sequential's, in order) with every [nearest x2] conv-conv chain
+    replaced by a LinearConvChain.
 
     A lone convolution after an upsampling is left alone: as a four-phase convolution it
     was measured slower on the CPU than the upsampling and convolution it replaces.
     """
-    items = list(layers)
+    items = list(layers.children())
     out: list[nn.Module] = []
     i = 0
     while i < len(items):

@@ -56,7 +56,8 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str], int]:
     """(model name, ISA flags, physical cores) from the text of Linux's /proc/cpuinfo."""
-    model, flags, cores = "", frozenset(), set()
+    model, flags = "", frozenset[str]()
+    cores: set[tuple[str, str]] = set()
     physical_id = core_id = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
