@@ -41,7 +41,10 @@ class CpuRuntimePath:
     ) -> None:
         self.model = model
         self.runtime = runtime
-        self.threads = threads or cpu_info().physical_cores
+        # torch's thread count follows OMP_NUM_THREADS, which process managers set to a
+        # process's share of the CPU (a Dask worker: its --nthreads); the runtime keeps to it
+        # rather than putting every worker of a machine on all of its cores.
+        self.threads = threads or min(cpu_info().physical_cores, torch.get_num_threads())
         self._cache = cache
         self.graph = cached_onnx(model, cache)
         self.fp32: Network = StatisticsDispatch(
