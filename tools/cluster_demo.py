@@ -3,7 +3,9 @@
 Starts ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (this machine's
 loopback only), runs ``slimdiffsr upscale --scheduler`` on a window of the demo's Landsat 8
 scene with the bundled model, runs the same locally, shows the two outputs are equal, and
-stops the processes it started. DEMO_SIZE (default 256) sets the window's side.
+stops the processes it started. DEMO_SIZE (default 512) sets the window's side; the cluster
+run cuts it into one region per tile (``--region-tiles 1``), so that regions, seams and
+both workers all take part.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def main() -> int:
     scene = BUILD / DEFAULT_MEMBER
     if not scene.is_file():
         extract(download(BUILD), DEFAULT_MEMBER, BUILD)
-    source = crop(scene, int(os.environ.get("DEMO_SIZE", "256")))
+    source = crop(scene, int(os.environ.get("DEMO_SIZE", "512")))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="slimdiffsr-cluster-demo-") as tmp:
@@ -116,7 +118,7 @@ def main() -> int:
                 )
             local_out, cluster_out = BUILD / "cluster_demo_local.tif", BUILD / "cluster_demo_cluster.tif"
             t_local = upscale(source, local_out, env)
-            t_cluster = upscale(source, cluster_out, env, "--scheduler", address)
+            t_cluster = upscale(source, cluster_out, env, "--scheduler", address, "--region-tiles", "1")
         finally:
             for p in reversed(procs):
                 p.terminate()
