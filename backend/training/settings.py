@@ -1,10 +1,10 @@
 """What a training run depends on, one field per option (default, help, choices).
 
-The command-line options of ``train``, ``teacher``, ``distill`` and ``finetune`` are
-generated from these fields (:mod:`backend.training.cli_fields`); the settings are saved
-with every checkpoint (a resumed run must keep its recipe) and in the exported weights'
-metadata. This module imports neither torch nor rasterio, so building the command line stays
-light.
+The command-line options of ``train``, ``teacher``, ``distill``, ``finetune`` and
+``prune`` are generated from these fields (:mod:`backend.training.cli_fields`); a run's
+settings are saved with every checkpoint (a resumed run must keep its recipe) and in the
+exported weights' metadata. This module imports neither torch nor rasterio, so building
+the command line stays light.
 """
 
 from __future__ import annotations
