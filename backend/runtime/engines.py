@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-RUNTIMES = ("openvino", "onnxruntime")
+CPU_RUNTIMES = ("openvino", "onnxruntime")
+"""The CPU inference runtimes, in order of preference (torch is not one of them)."""
 
 
 class Network(Protocol):
@@ -31,8 +32,8 @@ class Network(Protocol):
 
 
 def available_runtimes() -> list[str]:
-    """The runtimes of ``RUNTIMES`` that are installed, in order of preference."""
-    return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
+    """The runtimes of ``CPU_RUNTIMES`` that are installed, in order of preference."""
+    return [r for r in CPU_RUNTIMES if importlib.util.find_spec(r) is not None]
 
 
 def _compiled_cache() -> Path | None:
@@ -137,4 +138,4 @@ def load_network(runtime: str, graph: Path | bytes, threads: int) -> Network:
         return OpenVinoNetwork(graph, threads)
     if runtime == "onnxruntime":
         return OnnxRuntimeNetwork(graph, threads)
-    raise ValueError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
+    raise ValueError(f"unknown runtime '{runtime}'; use one of {', '.join(CPU_RUNTIMES)}")
