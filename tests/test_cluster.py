@@ -8,7 +8,6 @@ middle of a run, cancel, and an unreachable scheduler.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ pytest.importorskip("distributed")
 
 from backend.engine import UpscaleOptions, upscale_raster  # noqa: E402
 from backend.engine.options import EngineCancelled, EngineError  # noqa: E402
+from devtools.local_dask import LocalDask, dask_env  # noqa: E402
 
 OPTIONS = UpscaleOptions(tile_size=32, overlap=8, block_size=64, region_tiles=1, stat_windows=2)
 """Small tiles and blocks: an 80x80 raster makes 9 windows, 9 regions and 16 seams."""
@@ -39,85 +39,6 @@ def tiny_weights(tmp_path_factory) -> Path:
     from devtools.compact import CONFIGS, write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("weights") / "nano_x4.safetensors", CONFIGS["nano"])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-
-
-class LocalDask:
-    """``dask scheduler`` and ``dask worker`` processes, as a cluster admin starts them."""
-
-    def __init__(self, folder: Path, workers: int = 2) -> None:
-        self.file = folder / "scheduler.json"
-        self.procs: list[subprocess.Popen] = []
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "dask"),
-                    "scheduler",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--scheduler-file",
-                    str(self.file),
-                ],
-                env=_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        deadline = time.monotonic() + 60
-        while not self.file.exists():
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("the dask scheduler did not start within 60 s")
-            time.sleep(0.2)
-        import json
-
-        self.address = json.loads(self.file.read_text())["address"]
-        self.workers = [self.start_worker() for _ in range(workers)]
-
-    def start_worker(self) -> subprocess.Popen:
-        # --no-nanny: a killed worker stays dead, so its tasks must run on the other one
-        p = subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "worker",
-                self.address,
-                "--nthreads",
-                "1",
-                "--no-nanny",
-                "--host",
-                "127.0.0.1",
-                "--no-dashboard",
-            ],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=str(ROOT),
-        )
-        self.procs.append(p)
-        return p
-
-    def wait_for_workers(self, n: int) -> None:
-        from distributed import Client
-
-        with Client(self.address, timeout=30) as c:
-            c.wait_for_workers(n, timeout=90)
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +212,7 @@ def test_unreachable_scheduler(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=_env(),
+        env=dask_env(),
         timeout=120,
     )
     assert time.monotonic() - t0 < 30
@@ -310,4 +231,4 @@ def test_local_path_does_not_import_dask():
         "import sys; import backend.engine, backend.engine.run, backend.engine.command, backend.cli; "
         "sys.exit(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"
     )
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env()).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dask_env()).returncode == 0

@@ -10,7 +10,6 @@ both workers all take part.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,14 +23,11 @@ import rasterio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.local_dask import LocalDask, dask_env  # noqa: E402
 from tools.demo import BANDS, BUILD, NODATA, crop  # noqa: E402
 from tools.demo_data import DEFAULT_MEMBER, download, extract  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def upscale(source: Path, output: Path, env: dict[str, str], *extra: str) -> float:
@@ -63,70 +59,21 @@ def main() -> int:
     if not scene.is_file():
         extract(download(BUILD), DEFAULT_MEMBER, BUILD)
     source = crop(scene, int(os.environ.get("DEMO_SIZE", "512")))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs: list[subprocess.Popen] = []
+    env = dask_env()
+    logs = BUILD / "cluster_demo_logs"
+    logs.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slimdiffsr-cluster-demo-") as tmp:
-        folder = Path(tmp)
-        file = folder / "scheduler.json"
         try:
-            procs.append(
-                start(
-                    [
-                        str(BIN / "dask"),
-                        "scheduler",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        "0",
-                        "--dashboard-address",
-                        "127.0.0.1:0",
-                        "--scheduler-file",
-                        str(file),
-                    ],
-                    env,
-                    folder / "scheduler.log",
-                )
-            )
-            deadline = time.monotonic() + 60
-            while not file.exists():
-                if time.monotonic() > deadline or procs[0].poll() is not None:
-                    print(
-                        "error: the dask scheduler did not start; see " + str(folder / "scheduler.log"),
-                        file=sys.stderr,
-                    )
-                    return 1
-                time.sleep(0.2)
-            address = json.loads(file.read_text())["address"]
-            print(f"scheduler: {address}")
-            for i in range(2):
-                procs.append(
-                    start(
-                        [
-                            str(BIN / "dask"),
-                            "worker",
-                            address,
-                            "--nthreads",
-                            "1",
-                            "--host",
-                            "127.0.0.1",
-                            "--dashboard-address",
-                            "127.0.0.1:0",
-                        ],
-                        env,
-                        folder / f"worker{i}.log",
-                    )
-                )
+            cluster = LocalDask(Path(tmp), workers=2, logs=logs, dashboard=True, nanny=True)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        with cluster:
+            print(f"scheduler: {cluster.address} (process logs in {logs})")
             local_out, cluster_out = BUILD / "cluster_demo_local.tif", BUILD / "cluster_demo_cluster.tif"
             t_local = upscale(source, local_out, env)
-            t_cluster = upscale(source, cluster_out, env, "--scheduler", address, "--region-tiles", "1")
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            args = ("--scheduler", cluster.address, "--region-tiles", "1")
+            t_cluster = upscale(source, cluster_out, env, *args)
     with rasterio.open(local_out) as a, rasterio.open(cluster_out) as b:
         same_grid = (a.width, a.height, a.transform, a.crs, a.dtypes, a.nodata, a.descriptions) == (
             b.width,

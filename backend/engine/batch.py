@@ -15,6 +15,7 @@ import glob
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,20 @@ def _todo(
     return todo
 
 
+def _record(report: BatchReport, src: Path, run: Callable[[], object]) -> None:
+    """Run one file and file its outcome: done, or failed with its one-line error (an
+    unexpected error too, so that the other files still finish); a cancel stops the batch."""
+    try:
+        run()
+        report.done.append(str(src))
+    except EngineCancelled:
+        raise
+    except SlimDiffSRError as exc:
+        report.failed[str(src)] = str(exc)
+    except Exception as exc:
+        report.failed[str(src)] = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+
+
 def _run_here(
     inputs: list[Path],
     folder: Path,
@@ -145,16 +160,9 @@ def _run_here(
             f"{len(todo)} file(s) to do, {len(report.skipped)} already complete; "
             f"device {resolver.description}"
         )
+    local = replace(options, scheduler=None)
     for i, (src, dst) in enumerate(todo):
-        try:
-            upscale_raster(src, dst, resolver, replace(options, scheduler=None), cancel=cancel)
-            report.done.append(str(src))
-        except EngineCancelled:
-            raise
-        except SlimDiffSRError as exc:
-            report.failed[str(src)] = str(exc)
-        except Exception as exc:
-            report.failed[str(src)] = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+        _record(report, src, partial(upscale_raster, src, dst, resolver, local, cancel=cancel))
         if progress:
             progress(i + 1, len(todo), src.name)
 
@@ -212,13 +220,7 @@ def _run_on_cluster(
                     continue
                 for fut in done:
                     src = pending.pop(fut)
-                    try:
-                        fut.result()
-                        report.done.append(str(src))
-                    except SlimDiffSRError as exc:
-                        report.failed[str(src)] = str(exc)
-                    except Exception as exc:
-                        report.failed[str(src)] = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+                    _record(report, src, fut.result)
                     finished += 1
                     if progress:
                         progress(finished, len(todo), src.name)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from backend.engine.batch import DEFAULT_PATTERN
-from backend.engine.command import add_run_arguments, parse_resources
+from backend.engine.command import add_run_arguments, run_options
 from backend.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
 
 HELP = "super-resolve many rasters (a folder, a glob or a list file) into a folder, here or on a cluster"
@@ -36,24 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from backend.engine.batch import list_inputs, run_batch
-    from backend.engine.options import UpscaleOptions
     from backend.errors import Cancelled, SlimDiffSRError
     from backend.signals import StopRequest
 
-    options = UpscaleOptions(
-        weights=args.weights,
-        scale=args.scale,
-        bands=args.bands,
-        device=args.device,
-        precision=args.precision,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        cog=args.cog,
-        overviews=args.overviews,
-        scheduler=args.scheduler,
-        region_tiles=args.region_tiles,
-        task_resources=parse_resources(args.task_resources),
-    )
+    options = run_options(args)
     bar = None
 
     def on_progress(done: int, total: int, name: str) -> None:

@@ -11,8 +11,12 @@ import argparse
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, one_line
+
+if TYPE_CHECKING:
+    from backend.engine.options import UpscaleOptions
 
 HELP = "super-resolve a georeferenced raster into a tiled GeoTIFF (x2/x4/x8)"
 
@@ -114,6 +118,20 @@ def parse_resources(text: str) -> dict[str, float]:
     return out
 
 
+def run_options(args: argparse.Namespace) -> UpscaleOptions:
+    """The engine options from parsed arguments: every argument named like a field of
+    :class:`UpscaleOptions` (those of :func:`add_run_arguments` and the command's own), so
+    a new option is defined once, as an argument with the field's name."""
+    from dataclasses import fields
+
+    from backend.engine.options import UpscaleOptions
+
+    names = {f.name for f in fields(UpscaleOptions)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["task_resources"] = parse_resources(args.task_resources)
+    return UpscaleOptions(**values)
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `--help` stays fast (torch and rasterio load in seconds).
     # Library warnings (torch, rasterio) are held back while the run goes: on failure the
@@ -131,27 +149,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> tuple[int, str]:
-    from backend.engine import Progress, UpscaleOptions, upscale_raster
+    from backend.engine import Progress, upscale_raster
     from backend.errors import Cancelled, SlimDiffSRError, exit_code
     from backend.signals import StopRequest
 
-    options = UpscaleOptions(
-        weights=args.weights,
-        scale=args.scale,
-        bands=args.bands,
-        all_bands=args.all_bands,
-        device=args.device,
-        precision=args.precision,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        nodata=args.nodata,
-        cog=args.cog,
-        overviews=args.overviews,
-        scheduler=args.scheduler,
-        region_tiles=args.region_tiles,
-        task_resources=parse_resources(args.task_resources),
-    )
+    options = run_options(args)
     bar = None
 
     def on_progress(p: Progress) -> None:
