@@ -26,6 +26,9 @@ MARKS_BY_NODE = {
     "tests/test_training_distill.py": "train",
     "tests/test_training_trainer.py::test_finetune_validates_before_and_after": "train",
     "tests/test_backend_env.py": "slow",
+    "tests/test_cluster.py": "slow",  # starts a dask scheduler and workers
+    "tests/test_default_model.py::test_bundled_model_is_described": "slow",  # evaluates the models
+    "tests/test_default_model.py::test_finalize_ships": "slow",
     "tests/pyqgis/": "qgis",
 }
 

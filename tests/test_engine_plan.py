@@ -151,26 +151,13 @@ def test_default_overlap_follows_the_recorded_margin() -> None:
 
 
 def test_engine_takes_its_default_overlap_from_the_weights(tmp_path, tiny_weights) -> None:
-    import rasterio
-    from affine import Affine
+    from conftest import random_rgb, write_raster
 
     from backend.engine import UpscaleOptions, upscale_raster
     from backend.inference import SuperResolver
     from backend.weights import load_weights
 
-    src = tmp_path / "in.tif"
-    data = np.random.default_rng(0).integers(0, 255, (3, 160, 160), dtype=np.uint8)
-    profile = {
-        "driver": "GTiff",
-        "width": 160,
-        "height": 160,
-        "count": 3,
-        "dtype": "uint8",
-        "crs": "EPSG:32633",
-        "transform": Affine(10, 0, 0, 0, -10, 0),
-    }
-    with rasterio.open(src, "w", **profile) as dst:
-        dst.write(data)
+    src = write_raster(tmp_path / "in.tif", random_rgb(160))
     resolver = SuperResolver.from_weights(load_weights(tiny_weights), "cpu", "fp32")
     assert resolver.receptive_margin is None
     report = upscale_raster(src, tmp_path / "a.tif", resolver, UpscaleOptions(tile_size=96))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import write_raster
 
 from backend.engine import UpscaleOptions, make_plan, upscale_raster
 from backend.inference import SuperResolver
@@ -78,20 +79,8 @@ def test_all_nodata_windows_skip_the_model(rgb_crop, tmp_path: Path, resolver: S
     data = data.copy()
     data[:, :, :64] = 0  # left half nodata
     data[data == 0] = 0
-    path = tmp_path / "half.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=128,
-        height=128,
-        count=3,
-        dtype="uint8",
-        nodata=0,
-        crs="EPSG:32615",
-        transform=Affine(0.5, 0, 576667, 0, -0.5, 5188223),
-    ) as dst:
-        dst.write(data)
+    transform = Affine(0.5, 0, 576667, 0, -0.5, 5188223)
+    path = write_raster(tmp_path / "half.tif", data, crs="EPSG:32615", transform=transform, nodata=0)
     report = upscale_raster(path, tmp_path / "out.tif", resolver, UpscaleOptions(tile_size=32, overlap=8))
     assert report.tiles == 25 and report.tiles_skipped >= 5
     with rasterio.open(tmp_path / "out.tif") as dst:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import crop_raster, write_raster
+from rasterio.windows import Window
 
 from backend.engine import UpscaleOptions, upscale_raster
 from backend.model.lr_consistency import enlarge
@@ -15,24 +17,9 @@ from backend.radiometry import PERCENTILES, split_range, stretch_range, to_unit
 from backend.training.data import describe_raster
 
 
-def rgb16_crop(fixtures_dir: Path, tmp_path: Path, size: int) -> tuple[Path, np.ndarray, dict]:
-    """(path, data, profile) of the top-left size x size of the real uint16 RGB fixture."""
-    with rasterio.open(fixtures_dir / "rio_color/rgb16.tif") as ds:
-        win = rasterio.windows.Window(0, 0, size, size)
-        data = ds.read([1, 2, 3], window=win).astype(np.uint16)
-        profile = {
-            "driver": "GTiff",
-            "width": size,
-            "height": size,
-            "count": 3,
-            "dtype": "uint16",
-            "crs": ds.crs,
-            "transform": ds.window_transform(win),
-        }
-    path = tmp_path / "rgb16.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path, data, profile
+def rgb16_crop(fixtures_dir: Path, path: Path, size: int):
+    """(path, data) of the top-left size x size of the real uint16 RGB fixture, at ``path``."""
+    return crop_raster(fixtures_dir / "rio_color/rgb16.tif", path, Window(0, 0, size, size))
 
 
 def test_stretch_range_is_the_percentiles_of_finite_values() -> None:
@@ -63,7 +50,7 @@ def test_training_and_engine_share_the_stretch(
     import backend.training.data as training_data
 
     assert training_data.stretch_range is engine_radiometry.stretch_range is stretch_range
-    path, _, _ = rgb16_crop(fixtures_dir, tmp_path, 128)
+    path, _ = rgb16_crop(fixtures_dir, tmp_path / "rgb16.tif", 128)
     source = describe_raster(path)
     report = upscale_raster(path, tmp_path / "out.tif", tiny_weights, UpscaleOptions(scale=4))
     stretch = report.radiometry[0]
@@ -75,15 +62,15 @@ def test_training_and_engine_share_the_stretch(
 def test_highlights_beyond_the_stretch_are_not_clipped(fixtures_dir: Path, tmp_path: Path) -> None:
     """A uint16 raster with 0.1 % very bright pixels: they come back near their bicubic
     value instead of saturating at the 99.9th percentile."""
-    _, data, profile = rgb16_crop(fixtures_dir, tmp_path, 192)
+    crop, data = rgb16_crop(fixtures_dir, tmp_path / "rgb16.tif", 192)
     # four 3x3 roofs/glints: 36 of 36,864 pixels (0.1 %), three times the raster's maximum
     rows, cols = np.array([40, 40, 150, 100]), np.array([30, 140, 60, 100])
     bright = int(data.max()) * 3
     for r, c in zip(rows, cols, strict=True):
         data[:, r - 1 : r + 2, c - 1 : c + 2] = bright
     src = tmp_path / "bright.tif"
-    with rasterio.open(src, "w", **profile) as dst:
-        dst.write(data)
+    with rasterio.open(crop) as ds:
+        write_raster(src, data, crs=ds.crs, transform=ds.transform)
     report = upscale_raster(src, tmp_path / "out.tif", None, UpscaleOptions(scale=4, tile_size=64))
     hi = report.radiometry[0]["hi"]
     assert hi < bright / 2  # the stretch ends far below them
