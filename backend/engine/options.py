@@ -38,7 +38,7 @@ class EngineError(SlimDiffSRError):
 class EngineCancelled(EngineError, Cancelled):  # noqa: N818 - reads better at call sites than ...Error
     """The run was cancelled by the caller (cancel callback, Ctrl-C); nothing was written."""
 
-    exit_code = EXIT_CANCELLED  # type: ignore[assignment]
+    exit_code = EXIT_CANCELLED
 
 
 @dataclass
