@@ -33,6 +33,7 @@ install: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The plugin side's test environment: Debian's python3 (which has QGIS's bindings) with pytest
 # and pytest-qgis, for tests/pyqgis. Not the backend's .venv: that has no QGIS, and pytest-qgis
