@@ -55,6 +55,12 @@ def cli_command(*args: object) -> list[str]:
     return [sys.executable, "-m", "backend.cli", "upscale", *map(str, args), "--quiet"]
 
 
+def start_cli(src: Path, out: Path, nano: Path, *flags: object) -> subprocess.Popen:
+    """A CLI run of ``src`` into ``out`` on the CPU in 64-pixel tiles, left running."""
+    args = cli_command(src, out, "--weights", nano, "--device", "cpu", "--tile-size", 64, *flags)
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run_cli(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
@@ -301,17 +307,59 @@ CASES = [
 ]
 
 
+@dataclass
+class Outcome:
+    """One case's run: its folder, the folder's state before, and the finished CLI run (or
+    what stopped the case before it, e.g. a skip)."""
+
+    work: Path
+    before: dict[str, str] | None = None
+    run: subprocess.CompletedProcess | None = None
+    stopped: BaseException | None = None
+
+
+def run_case(case: Case, work: Path, nano: Path) -> Outcome:
+    outcome = Outcome(work)
+    try:
+        work.mkdir()
+        write_raster(work / "in.tif", random_rgb(64))
+        (work / "out.tif").write_bytes(OLD)
+        args = case.build(work, nano)
+        outcome.before = folder_state(work)
+        outcome.run = run_cli(*args)
+    except BaseException as exc:  # pytest.skip is a BaseException; the test raises it again
+        outcome.stopped = exc
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def cli_outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nano: Path):
+    """The selected cases' CLI runs, two at a time (each in its own folder, so independent):
+    a failing run is mostly an interpreter and torch starting, one core each, and the
+    machine that runs ``make test`` has two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    selected = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_cli_fault" and hasattr(item, "callspec")
+    }
+    base = tmp_path_factory.mktemp("cli")
+    cases = [c for c in CASES if c.id in selected]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = pool.map(lambda c: run_case(c, base / c.id, nano), cases)
+        return {c.id: o for c, o in zip(cases, outcomes, strict=True)}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_cli_fault(case: Case, tmp_path: Path, nano: Path) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    write_raster(work / "in.tif", random_rgb(64))
-    (work / "out.tif").write_bytes(OLD)
-    args = case.build(work, nano)
-    before = folder_state(work)
-    r = run_cli(*args)
-    assert_one_line_error(r, case.code, case.pattern)
-    assert folder_state(work) == before
+def test_cli_fault(case: Case, cli_outcomes: dict[str, Outcome], nano: Path) -> None:
+    outcome = cli_outcomes[case.id]
+    if outcome.stopped is not None:
+        raise outcome.stopped
+    assert outcome.run is not None
+    work = outcome.work
+    assert_one_line_error(outcome.run, case.code, case.pattern)
+    assert folder_state(work) == outcome.before
     assert not (work / "pwned").exists()
     if (work / "x.tif").exists():  # the VRT case: its source, the would-be output, also works as output
         normal_run_works(work, nano, work / "x.tif")
@@ -369,13 +417,7 @@ def test_disk_fills_during_the_run(
     small = tmpfs("small", size)
     (small / "o.tif").write_bytes(OLD)
     before = folder_state(small, tmp_path / "rgb256.tif")
-    proc = subprocess.Popen(
-        cli_command(src, small / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64, *flags),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(src, small / "o.tif", nano, *flags)
     code, out, err = fill_while_stopped(proc, small)
     assert_one_line_error(subprocess.CompletedProcess([], code, out, err), 1, "No space left on device")
     (small / "fill").unlink()
@@ -415,12 +457,7 @@ def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path: Path, nano: Path)
     """Numbered case 8: a killed run cannot clean up; the next run for that output does."""
     src = slow_input(tmp_path)
     (tmp_path / "o.tif").write_bytes(OLD)
-    proc = subprocess.Popen(
-        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_cli(src, tmp_path / "o.tif", nano)
     stop_when_writing(proc, tmp_path, "o")
     proc.kill()
     proc.communicate()
@@ -436,13 +473,7 @@ def test_interrupt_leaves_nothing(tmp_path: Path, nano: Path, sig: signal.Signal
     src = slow_input(tmp_path)
     (tmp_path / "o.tif").write_bytes(OLD)
     before = folder_state(tmp_path)
-    proc = subprocess.Popen(
-        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(src, tmp_path / "o.tif", nano)
     pid = stop_when_writing(proc, tmp_path, "o")
     os.kill(pid, sig)
     os.kill(pid, signal.SIGCONT)
@@ -456,13 +487,7 @@ def test_a_failed_run_never_touches_a_live_runs_files(tmp_path: Path, nano: Path
     """Numbered cases 3 and 8: while run A writes o.tif, run B for the same output fails and
     run C succeeds; A's temporary file survives both, and A then finishes."""
     src = slow_input(tmp_path)
-    a = subprocess.Popen(
-        cli_command(src, tmp_path / "o.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    a = start_cli(src, tmp_path / "o.tif", nano)
     pid = stop_when_writing(a, tmp_path, "o")
     try:
         live = parts(tmp_path)
@@ -643,13 +668,7 @@ def test_qgis_failure_keeps_other_runs_files(qgis, qgis_echoes: int, tmp_path: P
     src = slow_input(tmp_path)
     foreign = tmp_path / ".out.v2.1a2b3c4d.part.tif"  # output out.v2.tif, written by someone else
     foreign.write_bytes(b"another output's data")
-    a = subprocess.Popen(
-        cli_command(src, tmp_path / "out.tif", "--weights", nano, "--device", "cpu", "--tile-size", 64),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    a = start_cli(src, tmp_path / "out.tif", nano)
     pid = stop_when_writing(a, tmp_path, "out")
     try:
         live = parts(tmp_path)
