@@ -43,7 +43,7 @@ class LocalDask:
     ) -> None:
         self.folder, self.logs, self.dashboard, self.nanny = folder, logs, dashboard, nanny
         self.file = folder / "scheduler.json"
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         board = ["--dashboard-address", "127.0.0.1:0"] if dashboard else ["--no-dashboard"]
         scheduler = self._start(
             ["scheduler", "--host", "127.0.0.1", "--port", "0", *board, "--scheduler-file", str(self.file)],
@@ -59,7 +59,7 @@ class LocalDask:
         self.address: str = json.loads(self.file.read_text())["address"]
         self.workers = [self.start_worker() for _ in range(workers)]
 
-    def _start(self, args: list[str], name: str) -> subprocess.Popen:
+    def _start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
         out = (self.logs / f"{name}.log").open("w") if self.logs else subprocess.DEVNULL
         p = subprocess.Popen(
             [str(BIN / "dask"), *args],
@@ -71,7 +71,7 @@ class LocalDask:
         self.procs.append(p)
         return p
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self) -> subprocess.Popen[bytes]:
         """One more worker process (one thread)."""
         board = ["--dashboard-address", "127.0.0.1:0"] if self.dashboard else ["--no-dashboard"]
         nanny = [] if self.nanny else ["--no-nanny"]
@@ -81,8 +81,11 @@ class LocalDask:
     def wait_for_workers(self, n: int, timeout: float = 90.0) -> None:
         from distributed import Client
 
-        with Client(self.address, timeout=30) as c:
-            c.wait_for_workers(n, timeout=timeout)
+        client = Client(self.address, timeout=30)  # type: ignore[no-untyped-call]
+        try:
+            client.wait_for_workers(n, timeout=timeout)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Terminate every process (workers first), killing those that do not stop in 20 s."""
