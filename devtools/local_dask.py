@@ -85,7 +85,7 @@ class LocalDask:
         try:
             client.wait_for_workers(n, timeout=timeout)
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         """Terminate every process (workers first), killing those that do not stop in 20 s."""
