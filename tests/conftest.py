@@ -29,6 +29,11 @@ MARKS_BY_NODE = {
     "tests/test_cluster.py": "slow",  # starts a dask scheduler and workers
     "tests/test_default_model.py::test_bundled_model_is_described": "slow",  # evaluates the models
     "tests/test_default_model.py::test_finalize_ships": "slow",
+    "tests/test_faults.py": "slow",  # most start the CLI: a Python with torch each
+    "tests/test_runtime.py": "slow",  # ONNX exports, OpenVINO compiles, int8 calibration
+    "tests/test_tile_invariance.py": "slow",  # the paper's student at several tile sizes
+    "tests/test_inference.py::test_super_resolve_reproduces_release_pipeline": "slow",
+    "tests/test_model_parity.py::test_forward_matches_independent_reference[paper-student]": "slow",
     "tests/pyqgis/": "qgis",
 }
 

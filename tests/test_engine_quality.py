@@ -50,6 +50,7 @@ def test_one_tile_equals_the_release_pipeline(
     assert (engine != expected).mean() < 0.01
 
 
+@pytest.mark.slow  # the tiny student over 160x160, tiled and not
 def test_tiled_agrees_with_single_tile_without_seams(
     rgb_crop, tmp_path: Path, residual: SuperResolver
 ) -> None:

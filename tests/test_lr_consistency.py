@@ -77,6 +77,7 @@ def test_the_weight_file_switches_it_on(tmp_path: Path) -> None:
     assert np.abs((batch[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy() - single).max() < 1e-5
 
 
+@pytest.mark.slow  # the tiny student over a whole crop, tiled and not
 def test_tiles_agree_with_the_whole_image(rgb_crop, tmp_path: Path) -> None:
     """Back-projection is local: overlapping tiles give the single-tile result."""
     loaded = load_weights(write_random_weights(tmp_path / "w.safetensors", TINY, 4))

@@ -59,6 +59,7 @@ def test_training_and_engine_share_the_stretch(
     assert stretch["hi"] == pytest.approx(source.high, rel=0.01)
 
 
+@pytest.mark.slow  # the bundled model over 192x192 at x4
 def test_highlights_beyond_the_stretch_are_not_clipped(fixtures_dir: Path, tmp_path: Path) -> None:
     """A uint16 raster with 0.1 % very bright pixels: they come back near their bicubic
     value instead of saturating at the 99.9th percentile."""
