@@ -52,7 +52,11 @@ def loaded(weights: Path) -> SuperResolver:
 
 
 def cli_command(*args: object) -> list[str]:
-    return [sys.executable, "-m", "backend.cli", "upscale", *map(str, args), "--quiet"]
+    """``slimdiffsr upscale ARGS --quiet`` in torch fp32 unless ``args`` say otherwise (the
+    last option wins): the cheapest model start, where precision auto would build and probe
+    an OpenVINO network first, 2 s of CPU per run (the choice itself is tested with the
+    runtimes, not here)."""
+    return [sys.executable, "-m", "backend.cli", "upscale", "--precision", "fp32", *map(str, args), "--quiet"]
 
 
 def start_cli(src: Path, out: Path, nano: Path, *flags: object) -> subprocess.Popen:
