@@ -278,7 +278,9 @@ def _run(
         try:
             stats = _raster_statistics(client, spec, job, resources, futures, cancel)
             tasks = RegionTasks(client, spec, job, stats, resources, futures)
-            skipped, crs_wkt = job.write(temp, lambda dst: tasks.compute_and_write(dst, progress, cancel))
+            skipped, crs_wkt = job.write(
+                temp, facts, lambda dst: tasks.compute_and_write(dst, progress, cancel)
+            )
         except BaseException:
             _cancel(client, futures)
             raise

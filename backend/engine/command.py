@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, tiling, output and cluster options (shared with upscale-batch)."""
-    from backend.engine.options import PRECISIONS
+    from backend.runtime.choices import PRECISIONS
 
     add = parser.add_argument
     add("--weights", help="weights file (.safetensors or release .pkl); default: bundled model")

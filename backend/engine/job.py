@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,6 @@ class Job:
     t0: float
     batch: int = 1
     bytes_needed: int = 0
-    provenance: dict[str, str] = field(default_factory=dict)
     _plan: TilePlan | None = None
     _radiometry: Radiometry | None = None
 
@@ -209,16 +208,6 @@ class Job:
         with TileReader(info) as reader:
             self._radiometry = reader.global_radiometry()
         self._plan = plan
-        self.provenance = {
-            "SLIMDIFFSR_MODEL": model.name,
-            "SLIMDIFFSR_SCALE": str(scale),
-            "SLIMDIFFSR_PRECISION": model.precision,
-            "SLIMDIFFSR_DEVICE": model.description,
-            "SLIMDIFFSR_VERSION": __version__,
-            "SLIMDIFFSR_SOURCE": self.src.name,
-            "SLIMDIFFSR_BANDS": ",".join(map(str, info.bands)),
-            **options.extra_tags,
-        }
         return plan
 
     def output_spec(self) -> OutputSpec:
@@ -277,10 +266,25 @@ class Job:
             temp.discard()
             raise
 
-    def write(self, temp: TempOutput, fill: Callable[[Any], int]) -> tuple[int, str]:
-        """Create ``temp`` as the output GeoTIFF with the source's metadata, let ``fill``
-        write every block into it (returning the number of skipped tiles), then verify,
-        finish and rename it over the target. Returns (skipped tiles, output CRS as WKT)."""
+    def provenance(self, model: ModelFacts) -> dict[str, str]:
+        """The tags that say how the output was made (``model`` as it ran: the precision
+        may change after :meth:`plan_for`, when int8 calibration succeeds)."""
+        return {
+            "SLIMDIFFSR_MODEL": model.name,
+            "SLIMDIFFSR_SCALE": str(model.scale),
+            "SLIMDIFFSR_PRECISION": model.precision,
+            "SLIMDIFFSR_DEVICE": model.description,
+            "SLIMDIFFSR_VERSION": __version__,
+            "SLIMDIFFSR_SOURCE": self.src.name,
+            "SLIMDIFFSR_BANDS": ",".join(map(str, self.info.bands)),
+            **self.options.extra_tags,
+        }
+
+    def write(self, temp: TempOutput, model: ModelFacts, fill: Callable[[Any], int]) -> tuple[int, str]:
+        """Create ``temp`` as the output GeoTIFF with the source's metadata and ``model``'s
+        provenance, let ``fill`` write every block into it (returning the number of skipped
+        tiles), then verify, finish and rename it over the target. Returns (skipped tiles,
+        output CRS as WKT)."""
         spec = self.output_spec()
         with rasterio.open(self.src) as src:
             profile = output_profile(src, spec)
@@ -292,7 +296,7 @@ class Job:
                 except RasterioError as exc:
                     raise EngineError(f"cannot create the output ({one_line(exc, 200)})") from None
                 with dst:
-                    copy_metadata(src, dst, self.info.bands, self.info.alpha, self.provenance)
+                    copy_metadata(src, dst, self.info.bands, self.info.alpha, self.provenance(model))
                     skipped = fill(dst)
         temp.finish(spec)
         return skipped, crs_wkt

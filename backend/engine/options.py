@@ -13,8 +13,6 @@ from typing import Any
 
 from backend.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, Cancelled, SlimDiffSRError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-
 
 class EngineError(SlimDiffSRError):
     """An expected failure of the engine, in one line for the user: what, why, what to do.

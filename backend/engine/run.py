@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch and the model load only once the input has passed its
     import torch
 
     from backend.engine.model import ModelLike, ModelStep
+    from backend.inference import SuperResolver
 
 _DONE = object()
 
@@ -76,32 +77,37 @@ def upscale_raster(
         from backend.engine.model import ModelStep, gather_statistics, resolve_model
 
         resolver, model_name = resolve_model(model, options)
-        facts = ModelFacts(
-            model_name,
-            resolver.scale,
-            resolver.model.config.vae_channels,
-            resolver.multiple,
-            resolver.receptive_margin,
-            resolver.device.type,
-            resolver.description,
-            resolver.precision,
-        )
-        plan = job.plan_for(facts)
+        plan = job.plan_for(_model_facts(resolver, model_name))
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):
             calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
             gather_statistics(plan, job.info, step)  # the network's, shared by every tile
             cache = _estimate_stats(plan, job.info, step, options, job.batch, cancel)
+            ran = _model_facts(resolver, model_name)  # after calibration: the precision it runs at
             skipped, crs_wkt = job.write(
                 temp,
+                ran,
                 lambda dst: _execute(
                     plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
                 ),
             )
     if progress:
         progress(Progress(1.0, len(plan), len(plan), job.elapsed, 0.0, "done"))
-    return job.report(facts, skipped, crs_wkt, resolver.description)
+    return job.report(ran, skipped, crs_wkt, resolver.description)
+
+
+def _model_facts(resolver: SuperResolver, name: str) -> ModelFacts:
+    return ModelFacts(
+        name,
+        resolver.scale,
+        resolver.model.config.vae_channels,
+        resolver.multiple,
+        resolver.receptive_margin,
+        resolver.device.type,
+        resolver.description,
+        resolver.precision,
+    )
 
 
 def _sample_order(n: int, k: int) -> Iterator[int]:
