@@ -27,8 +27,7 @@ MARKS_BY_NODE = {
     "tests/test_training_trainer.py::test_finetune_validates_before_and_after": "train",
     "tests/test_backend_env.py": "slow",
     "tests/test_cluster.py": "slow",  # starts a dask scheduler and workers
-    "tests/test_default_model.py::test_bundled_model_is_described": "slow",  # evaluates the models
-    "tests/test_default_model.py::test_finalize_ships": "slow",
+    "tests/test_default_model.py": "slow",  # evaluates the bundled models, finalizes a run
     "tests/test_faults.py": "slow",  # most start the CLI: a Python with torch each
     "tests/test_runtime.py": "slow",  # ONNX exports, OpenVINO compiles, int8 calibration
     "tests/test_tile_invariance.py": "slow",  # the paper's student at several tile sizes

