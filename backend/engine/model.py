@@ -121,7 +121,7 @@ def statistics_input(plan: TilePlan, reader: TileReader) -> np.ndarray | None:
     if shape is None:
         return reader.read_tile(Window(-1, 0, 0, 0, 0, plan.height, plan.width)).lr
     h, w = shape
-    data, valid = reader.read_window(0, 0, plan.height, plan.width, out_shape=(2 * h, 2 * w))
+    data, valid = reader.read_reduced((2 * h, 2 * w))
     if not valid.any() or reader.radiometry is None:
         return None
     lr = reader.radiometry.to_model(data, valid)

@@ -257,12 +257,37 @@ class TileReader:
         if self.src.overviews(info.bands[0]):
             return self.read_window(0, 0, info.height, info.width, out_shape=shape)
         f = int(np.ceil(max(info.height / shape[0], info.width / shape[1])))
-        rows = max(f, (STRIP_PIXELS // max(info.width, 1)) // f * f)
+        return self.read_points(np.arange(0, info.height, f), np.arange(0, info.width, f))
+
+    def read_reduced(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The whole raster point-sampled to ``shape`` (rows, cols), each output pixel the
+        input pixel under its centre (GDAL's nearest): (data, valid).
+
+        Through the overviews when the file has them; otherwise one scan in strips
+        (:meth:`read_points`): GDAL's decimated read without overviews decodes the blocks
+        again and again (8 s for a 1024 x 1024 LZW raster against 0.1 s)."""
+        info = self.info
+        if shape == (info.height, info.width) or self.src.overviews(info.bands[0]):
+            return self.read_window(0, 0, info.height, info.width, out_shape=shape)
+        rows = ((np.arange(shape[0]) + 0.5) * (info.height / shape[0])).astype(np.int64)
+        cols = ((np.arange(shape[1]) + 0.5) * (info.width / shape[1])).astype(np.int64)
+        return self.read_points(np.minimum(rows, info.height - 1), np.minimum(cols, info.width - 1))
+
+    def read_points(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pixels at every (row, col) of the increasing index arrays ``rows`` x ``cols``:
+        (data [n, len(rows), len(cols)], valid). One scan of the raster in strips of rows,
+        so memory stays bounded by a strip whatever the raster's size."""
+        info = self.info
+        strip = max(1, STRIP_PIXELS // max(info.width, 1))
         parts, masks = [], []
-        for r0 in range(0, info.height, rows):
-            data, valid = self.read_window(r0, 0, min(rows, info.height - r0), info.width)
-            parts.append(data[:, ::f, ::f])
-            masks.append(valid[::f, ::f])
+        for r0 in range(0, info.height, strip):
+            r1 = min(info.height, r0 + strip)
+            inside = rows[(rows >= r0) & (rows < r1)] - r0
+            if not len(inside):
+                continue
+            data, valid = self.read_window(r0, 0, r1 - r0, info.width)
+            parts.append(data[:, inside][:, :, cols])
+            masks.append(valid[inside][:, cols])
         return np.concatenate(parts, axis=1), np.concatenate(masks, axis=0)
 
     def valid_pixels(self, max_pixels: int = STATS_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
