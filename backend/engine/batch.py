@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from backend.engine.options import EngineCancelled, EngineError, UpscaleOptions
 from backend.errors import SlimDiffSRError, one_line
@@ -104,131 +103,125 @@ def run_batch(
     t0 = time.monotonic()
     if not folder.is_dir():
         raise EngineError(f"output folder does not exist: {folder}; create it first")
-    report = BatchReport()
+    batch = _Batch(inputs, folder, options, pattern, BatchReport(), progress, cancel, log)
     if options.scheduler:
-        _run_on_cluster(inputs, folder, options, pattern, report, progress, cancel, log)
+        batch.run_on_cluster()
     else:
-        _run_here(inputs, folder, options, pattern, report, progress, cancel, log)
+        batch.run_here()
+    report = batch.report
     report.elapsed_s = time.monotonic() - t0
     return report
 
 
-def _todo(
-    inputs: list[Path], folder: Path, pattern: str, scale: int, report: BatchReport
-) -> list[tuple[Path, Path]]:
-    todo = []
-    for src in inputs:
-        dst = output_path(src, folder, pattern, scale)
-        if is_complete(dst, src):
-            report.skipped.append(str(src))
-        else:
-            todo.append((src, dst))
-    return todo
+@dataclass
+class _Batch:
+    """One batch: its files, where they go, how, and what became of each."""
 
+    inputs: list[Path]
+    folder: Path
+    options: UpscaleOptions
+    pattern: str
+    report: BatchReport
+    progress: Callable[[int, int, str], None] | None
+    cancel: Callable[[], bool] | None
+    log: Callable[[str], None] | None
 
-def _record(report: BatchReport, src: Path, run: Callable[[], object]) -> None:
-    """Run one file and file its outcome: done, or failed with its one-line error (an
-    unexpected error too, so that the other files still finish); a cancel stops the batch."""
-    try:
-        run()
-        report.done.append(str(src))
-    except EngineCancelled:
-        raise
-    except SlimDiffSRError as exc:
-        report.failed[str(src)] = str(exc)
-    except Exception as exc:
-        report.failed[str(src)] = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+    def todo(self, scale: int) -> list[tuple[Path, Path]]:
+        """(input, output) of the files still to do; complete outputs are reported skipped."""
+        todo = []
+        for src in self.inputs:
+            dst = output_path(src, self.folder, self.pattern, scale)
+            if is_complete(dst, src):
+                self.report.skipped.append(str(src))
+            else:
+                todo.append((src, dst))
+        return todo
 
-
-def _run_here(
-    inputs: list[Path],
-    folder: Path,
-    options: UpscaleOptions,
-    pattern: str,
-    report: BatchReport,
-    progress: Any,
-    cancel: Any,
-    log: Any,
-) -> None:
-    from backend.engine.model import resolve_model
-    from backend.engine.run import upscale_raster
-
-    resolver, _name = resolve_model(None, options)  # loaded once for every file
-    todo = _todo(inputs, folder, pattern, resolver.scale, report)
-    if log:
-        log(
-            f"{len(todo)} file(s) to do, {len(report.skipped)} already complete; "
-            f"device {resolver.description}"
-        )
-    local = replace(options, scheduler=None)
-    for i, (src, dst) in enumerate(todo):
-        _record(report, src, partial(upscale_raster, src, dst, resolver, local, cancel=cancel))
-        if progress:
-            progress(i + 1, len(todo), src.name)
-
-
-def _run_on_cluster(
-    inputs: list[Path],
-    folder: Path,
-    options: UpscaleOptions,
-    pattern: str,
-    report: BatchReport,
-    progress: Any,
-    cancel: Any,
-    log: Any,
-) -> None:
-    from uuid import uuid4
-
-    from distributed import Event, wait
-
-    from backend.engine.cluster import model_spec, open_cluster, probe_workers
-    from backend.engine.cluster_tasks import upscale_file
-
-    with open_cluster(str(options.scheduler)) as cluster:
-        spec = model_spec(None, options)
-        workers = probe_workers(cluster, spec)
-        scale = next(iter(workers.values()))["scale"]
-        todo = _todo(inputs, folder, pattern, scale, report)
-        if log:
-            log(cluster.describe())
-            log(f"{len(todo)} file(s) to do, {len(report.skipped)} already complete")
-        client = cluster.client
-        resources = dict(options.task_resources) or None
-        stop = Event(f"slimdiffsr-cancel-{uuid4().hex}", client=client)
-        pending = {
-            client.submit(
-                upscale_file,
-                spec,
-                str(src.resolve()),
-                str(dst.resolve()),
-                options,
-                stop.name,
-                pure=False,
-                resources=resources,
-                priority=-i,
-            ): src
-            for i, (src, dst) in enumerate(todo)
-        }
-        finished = 0
+    def record(self, src: Path, run: Callable[[], object]) -> None:
+        """Run one file and file its outcome: done, or failed with its one-line error (an
+        unexpected error too, so that the other files still finish); a cancel stops the batch."""
         try:
-            while pending:
-                if cancel is not None and cancel():
-                    raise EngineCancelled("cancelled; finished files are kept, no partial file is left")
-                try:
-                    done, _ = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    continue
-                for fut in done:
-                    src = pending.pop(fut)
-                    _record(report, src, fut.result)
-                    finished += 1
-                    if progress:
-                        progress(finished, len(todo), src.name)
-        except BaseException:
-            # Running files stop at their next batch and remove their temporary output;
-            # queued ones return at once. Waiting for them means nothing is left behind.
-            stop.set()
-            with contextlib.suppress(Exception):
-                wait(list(pending), timeout=120)
-            client.cancel(list(pending), force=True)
+            run()
+            self.report.done.append(str(src))
+        except EngineCancelled:
             raise
+        except SlimDiffSRError as exc:
+            self.report.failed[str(src)] = str(exc)
+        except Exception as exc:
+            self.report.failed[str(src)] = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+
+    def run_here(self) -> None:
+        """Every file in this process, with one model loaded once."""
+        from backend.engine.model import resolve_model
+        from backend.engine.run import upscale_raster
+
+        resolver, _name = resolve_model(None, self.options)  # loaded once for every file
+        todo = self.todo(resolver.scale)
+        if self.log:
+            self.log(
+                f"{len(todo)} file(s) to do, {len(self.report.skipped)} already complete; "
+                f"device {resolver.description}"
+            )
+        local = replace(self.options, scheduler=None)
+        for i, (src, dst) in enumerate(todo):
+            self.record(src, partial(upscale_raster, src, dst, resolver, local, cancel=self.cancel))
+            if self.progress:
+                self.progress(i + 1, len(todo), src.name)
+
+    def run_on_cluster(self) -> None:
+        """One file per task on the cluster; each worker uses the model it loaded once."""
+        from uuid import uuid4
+
+        from distributed import Event, wait
+
+        from backend.engine.cluster import model_spec, open_cluster, probe_workers
+        from backend.engine.cluster_tasks import upscale_file
+
+        with open_cluster(str(self.options.scheduler)) as cluster:
+            spec = model_spec(None, self.options)
+            workers = probe_workers(cluster, spec)
+            scale = next(iter(workers.values()))["scale"]
+            todo = self.todo(scale)
+            if self.log:
+                self.log(cluster.describe())
+                self.log(f"{len(todo)} file(s) to do, {len(self.report.skipped)} already complete")
+            client = cluster.client
+            resources = dict(self.options.task_resources) or None
+            stop = Event(f"slimdiffsr-cancel-{uuid4().hex}", client=client)
+            pending = {
+                client.submit(
+                    upscale_file,
+                    spec,
+                    str(src.resolve()),
+                    str(dst.resolve()),
+                    self.options,
+                    stop.name,
+                    pure=False,
+                    resources=resources,
+                    priority=-i,
+                ): src
+                for i, (src, dst) in enumerate(todo)
+            }
+            finished = 0
+            try:
+                while pending:
+                    if self.cancel is not None and self.cancel():
+                        raise EngineCancelled("cancelled; finished files are kept, no partial file is left")
+                    try:
+                        done, _ = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        continue
+                    for fut in done:
+                        src = pending.pop(fut)
+                        self.record(src, fut.result)
+                        finished += 1
+                        if self.progress:
+                            self.progress(finished, len(todo), src.name)
+            except BaseException:
+                # Running files stop at their next batch and remove their temporary output;
+                # queued ones return at once. Waiting for them means nothing is left behind.
+                stop.set()
+                with contextlib.suppress(Exception):
+                    wait(list(pending), timeout=120)
+                client.cancel(list(pending), force=True)
+                raise
