@@ -28,6 +28,7 @@ from backend.engine.radiometry import (
     select_bands,
     value_range,
 )
+from backend.nodata import nodata_problem
 
 STRIP_PIXELS = 4_000_000
 """Pixels per strip when scanning the raster for statistics."""
@@ -74,26 +75,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_nodata(value: float, dtype: str) -> None:
-    """Refuse a nodata value that ``dtype`` cannot hold (300, -1, 0.5, nan or inf on uint8;
-    1e40 on float32): no pixel could equal it, and GDAL could not record it in the output."""
-    dt = np.dtype(dtype)
-    problem = None
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        if not np.isfinite(value):
-            problem = f"{dtype} pixels are whole numbers, {value} is not one"
-        elif value != int(value):
-            problem = f"{dtype} pixels are whole numbers, {value} is not one"
-        elif not info.min <= value <= info.max:
-            problem = f"{dtype} pixels range from {info.min} to {info.max}"
-    elif dt.kind == "f" and np.isfinite(value) and abs(value) > np.finfo(dt).max:
-        problem = f"{dtype} pixels cannot exceed {np.finfo(dt).max:.4g} in magnitude"
+    """Refuse a nodata value that ``dtype`` cannot hold: no pixel could equal it, and GDAL
+    could not record it in the output (:func:`backend.nodata.nodata_problem`)."""
+    problem = nodata_problem(value, str(np.dtype(dtype)))
     if problem:
-        raise EngineError(
-            f"nodata value {value:g} cannot occur in this raster ({problem}); give a value "
-            "the data type can hold, or none",
-            "input",
-        )
+        raise EngineError(problem, "input")
 
 
 def _representable(value: float | None, dtype: str) -> bool:

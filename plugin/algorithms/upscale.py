@@ -22,10 +22,13 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ...backend.nodata import nodata_problem
 from ..settings import dask_scheduler_setting
 from .base import SlimDiffSRAlgorithm, absolute, advanced, bundled_scales, integer_parameter, tr
 
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
+QGIS_DATA_TYPES = {1: "uint8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "float64"}
+"""Qgis.DataType values (Byte ... Float64) -> the numpy names the engine's nodata rule uses."""
 
 
 def remove_partial(output: Path) -> None:
@@ -143,7 +146,8 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Super-resolved raster")))
 
     def parameter_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        """The shared checks, then the output's format (the backend writes GeoTIFF only)."""
+        """The shared checks, then the output's format (the backend writes GeoTIFF only) and a
+        nodata value the layer's data type cannot hold (the engine's rule and words)."""
         problem = super().parameter_problem(parameters, context)
         if problem is None:
             output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
@@ -151,6 +155,11 @@ class UpscaleAlgorithm(SlimDiffSRAlgorithm):
                 problem = tr("output '{}' is not a GeoTIFF; SlimDiffSR writes .tif files only").format(
                     output.name
                 )
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if problem is None and layer is not None and parameters.get(self.NODATA) not in (None, ""):
+            dtype = QGIS_DATA_TYPES.get(int(layer.dataProvider().dataType(1)))
+            if dtype is not None:
+                problem = nodata_problem(self.parameterAsDouble(parameters, self.NODATA, context), dtype)
         return problem
 
     def processAlgorithm(  # noqa: N802 - QGIS API

@@ -17,6 +17,7 @@ FORBIDDEN = ("torch", "rasterio", "safetensors", "numpy", "backend")
 ALLOWED_BACKEND = (
     "slimdiffsr.backend",
     "slimdiffsr.backend.bands",
+    "slimdiffsr.backend.nodata",
     "slimdiffsr.backend.errors",
     "slimdiffsr.backend.runtime",
     "slimdiffsr.backend.runtime.choices",
