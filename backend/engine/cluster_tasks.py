@@ -26,6 +26,7 @@ from backend.engine.reader import SourceInfo, TileReader
 from backend.engine.regions import Region, Seam
 
 if TYPE_CHECKING:
+    from backend.engine.model import Moments
     from backend.inference import ColorStats, GlobalStatistics, SuperResolver
 
 
@@ -83,17 +84,38 @@ class RasterStatistics:
     color: list[ColorStats]
 
 
-def raster_statistics(
-    spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry, stat_windows: int, batch: int
-) -> RasterStatistics:
-    """The raster's statistics, on one worker, exactly as the local engine computes them."""
+def network_statistics(
+    spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry
+) -> GlobalStatistics | None:
+    """The network's global statistics of the raster, as the local engine records them."""
     from backend.engine.model import ModelStep, gather_statistics
-    from backend.engine.run import _estimate_stats
 
     step = ModelStep(worker_model(spec)[0], radiometry)
     gather_statistics(plan, info, step)
-    _estimate_stats(plan, info, step, UpscaleOptions(stat_windows=stat_windows), batch, None)
-    return RasterStatistics(step.statistics, step.stats)
+    return step.statistics
+
+
+def window_moments(
+    spec: ModelSpec,
+    plan: TilePlan,
+    info: SourceInfo,
+    radiometry: Radiometry,
+    network: GlobalStatistics | None,
+    index: int,
+) -> list[tuple[Moments, Moments]] | None:
+    """One window's colour-match moments (per band group: raw SR, bicubic), or None when it
+    has no valid pixel. One task per window, so the statistics windows run on every worker
+    at once; their sums merge in window order into the local engine's."""
+    from backend.engine.model import ModelStep
+
+    step = ModelStep(worker_model(spec)[0], radiometry)
+    step.statistics = network
+    with gdal_env(), TileReader(info, radiometry) as reader:
+        tile = reader.read_tile(plan.window(index))
+    if tile.lr is None:
+        return None
+    sr, up = step.raw(tile.lr[None])
+    return step.moments([(tile.lr, tile.valid, sr[0], up[0])])
 
 
 @dataclass(frozen=True)

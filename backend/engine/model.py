@@ -70,7 +70,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
 
 
 @dataclass
-class _Moments:
+class Moments:
     n: float = 0.0
     s: np.ndarray | None = None
     ss: np.ndarray | None = None
@@ -78,10 +78,15 @@ class _Moments:
     def add(self, x: torch.Tensor, valid: torch.Tensor) -> None:
         """x [3, H, W], valid [H, W] bool."""
         v = x[:, valid].double()
-        s, ss = v.sum(dim=1).numpy(), (v * v).sum(dim=1).numpy()
-        self.n += float(v.shape[1])
-        self.s = s if self.s is None else self.s + s
-        self.ss = ss if self.ss is None else self.ss + ss
+        self.merge(Moments(float(v.shape[1]), v.sum(dim=1).numpy(), (v * v).sum(dim=1).numpy()))
+
+    def merge(self, other: Moments) -> None:
+        """Add ``other``'s sums (moments of other pixels): windows computed apart, on a
+        cluster's workers, merge in window order into exactly the local sums."""
+        self.n += other.n
+        if other.s is not None and other.ss is not None:
+            self.s = other.s if self.s is None else self.s + other.s
+            self.ss = other.ss if self.ss is None else self.ss + other.ss
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and unbiased std (as torch.std, which the release uses)."""
@@ -90,6 +95,16 @@ class _Moments:
         mean = self.s / self.n
         var = np.maximum(self.ss - self.n * mean * mean, 0.0) / (self.n - 1)
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def color_stats(moments: list[tuple[Moments, Moments]]) -> list[ColorStats]:
+    """Per band group, the colour match from its (raw SR, bicubic) moments."""
+    stats = []
+    for sr_m, ref_m in moments:
+        sm, ss = sr_m.mean_std()
+        rm, rs = ref_m.mean_std()
+        stats.append(ColorStats(sr_mean=sm, sr_std=ss, ref_mean=rm, ref_std=rs))
+    return stats
 
 
 def reduced_shape(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXELS) -> tuple[int, int] | None:
@@ -202,20 +217,22 @@ class ModelStep:
 
     def estimate_stats(self, samples: list[Sample]) -> None:
         """samples: (lr [G,3,h,w], valid [h,w], raw SR [G,3,H,W], bicubic [G,3,H,W]) per window."""
+        self.set_stats(self.moments(samples))
+
+    def moments(self, samples: list[Sample]) -> list[tuple[Moments, Moments]]:
+        """Per band group, the (raw SR, bicubic) moments over the samples' valid pixels."""
         s = self.resolver.scale
-        groups = len(self.radiometry.groups)
-        sr_m = [_Moments() for _ in range(groups)]
-        ref_m = [_Moments() for _ in range(groups)]
+        moments = [(Moments(), Moments()) for _ in self.radiometry.groups]
         for _lr, valid, sr, up in samples:
             v = torch.from_numpy(np.repeat(np.repeat(valid, s, 0), s, 1))
-            for gi in range(groups):
-                sr_m[gi].add(sr[gi], v)
-                ref_m[gi].add(up[gi], v)
-        self.stats = []
-        for gi in range(groups):
-            sm, ss = sr_m[gi].mean_std()
-            rm, rs = ref_m[gi].mean_std()
-            self.stats.append(ColorStats(sr_mean=sm, sr_std=ss, ref_mean=rm, ref_std=rs))
+            for gi, (sr_m, ref_m) in enumerate(moments):
+                sr_m.add(sr[gi], v)
+                ref_m.add(up[gi], v)
+        return moments
+
+    def set_stats(self, moments: list[tuple[Moments, Moments]]) -> None:
+        """The colour match from per-group (raw SR, bicubic) moments."""
+        self.stats = color_stats(moments)
 
     @property
     def color_match(self) -> bool:
