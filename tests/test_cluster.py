@@ -28,7 +28,7 @@ from backend.engine import UpscaleOptions, upscale_raster  # noqa: E402
 from backend.engine.options import EngineCancelled, EngineError  # noqa: E402
 from devtools.local_dask import LocalDask, dask_env  # noqa: E402
 
-OPTIONS = UpscaleOptions(tile_size=32, overlap=8, block_size=64, region_tiles=1, stat_windows=2)
+OPTIONS = UpscaleOptions(tile_size=32, overlap=8, block_size=64, region_tiles=1)
 """Small tiles and blocks: an 80x80 raster makes 9 windows, 9 regions and 16 seams."""
 
 

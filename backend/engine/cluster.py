@@ -37,10 +37,9 @@ from backend.engine.cluster_tasks import (
     RegionJob,
     finish_seam,
     model_info,
-    network_statistics,
     pick,
+    raster_statistics,
     run_region,
-    window_moments,
 )
 from backend.engine.job import Job, ModelFacts, gdal_env
 from backend.engine.options import EngineCancelled, EngineError, Progress, UpscaleOptions, UpscaleReport
@@ -277,7 +276,7 @@ def _run(
     temp = TempOutput(job.dst)
     with job.failures(temp):
         try:
-            stats = _raster_statistics(client, spec, job, first["color_match"], resources, futures, cancel)
+            stats = _raster_statistics(client, spec, job, resources, futures, cancel)
             tasks = RegionTasks(client, spec, job, stats, resources, futures)
             skipped, crs_wkt = job.write(
                 temp, facts, lambda dst: tasks.compute_and_write(dst, progress, cancel)
@@ -300,56 +299,22 @@ def _raster_statistics(
     client: Any,
     spec: ModelSpec,
     job: Job,
-    color_match: bool,
     resources: dict[str, float] | None,
     futures: set[Any],
     cancel: Callable[[], bool] | None,
 ) -> RasterStatistics:
-    """The network's global statistics (one task), then the colour statistics of the local
-    engine's windows, one task per window so that every worker takes part; shared by every
-    region. The first ``stat_windows`` windows with valid pixels, in the local engine's
-    order, give the same sums as a local run."""
-    plan, info, radiometry = job.plan, job.info, job.radiometry
-
-    def results(fs: list[Any]) -> list[Any]:
-        futures.update(fs)
-        while not all(f.done() for f in fs):
-            _check_cancel(cancel)
-            time.sleep(0.05)
-        out = [f.result() for f in fs]
-        futures.difference_update(fs)
-        return out
-
-    [network] = results(
-        [client.submit(network_statistics, spec, plan, info, radiometry, pure=False, resources=resources)]
+    """The raster's network and colour-match statistics, from one task (one pass over the
+    raster or its reduced copy, as the local engine gathers them); shared by every region."""
+    future = client.submit(
+        raster_statistics, spec, job.plan, job.info, job.radiometry, pure=False, resources=resources
     )
-    if not color_match:
-        return RasterStatistics(network, [])
-    from backend.engine.model import color_stats
-    from backend.engine.run import _sample_order
-
-    wanted = max(1, job.options.stat_windows)
-    order = list(_sample_order(len(plan), wanted))
-    moments: list[Any] = []
-    pos = 0
-    while len(moments) < wanted and pos < len(order):
-        batch = order[pos : pos + wanted - len(moments)]
-        pos += len(batch)
-        tasks = [
-            client.submit(
-                window_moments, spec, plan, info, radiometry, network, i, pure=False, resources=resources
-            )
-            for i in batch
-        ]
-        moments += [m for m in results(tasks) if m is not None]
-    if not moments:
-        raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)", "input")
-    total = moments[0]
-    for window in moments[1:]:
-        for (sr, ref), (sr_w, ref_w) in zip(total, window, strict=True):
-            sr.merge(sr_w)
-            ref.merge(ref_w)
-    return RasterStatistics(network, color_stats(total))
+    futures.add(future)
+    while not future.done():
+        _check_cancel(cancel)
+        time.sleep(0.05)
+    stats: RasterStatistics = future.result()
+    futures.discard(future)
+    return stats
 
 
 def _cancel(client: Any, futures: set[Any]) -> None:

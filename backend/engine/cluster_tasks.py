@@ -1,4 +1,4 @@
-"""What Dask workers run: model info, colour statistics, regions, seams, whole files.
+"""What Dask workers run: model info, raster statistics, regions, seams, whole files.
 
 Plain functions of picklable arguments, so that any Dask worker with the backend
 installed runs them; nothing here imports dask. Each worker process loads a model once
@@ -26,7 +26,6 @@ from backend.engine.reader import SourceInfo, TileReader
 from backend.engine.regions import Region, Seam
 
 if TYPE_CHECKING:
-    from backend.engine.model import Moments
     from backend.inference import ColorStats, GlobalStatistics, SuperResolver
 
 
@@ -84,38 +83,17 @@ class RasterStatistics:
     color: list[ColorStats]
 
 
-def network_statistics(
+def raster_statistics(
     spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry
-) -> GlobalStatistics | None:
-    """The network's global statistics of the raster, as the local engine records them."""
+) -> RasterStatistics:
+    """The raster's network and colour-match statistics, gathered as the local engine
+    gathers them (one pass over the raster or its reduced copy, whatever the regions)."""
     from backend.engine.model import ModelStep, gather_statistics
 
     step = ModelStep(worker_model(spec)[0], radiometry)
-    gather_statistics(plan, info, step)
-    return step.statistics
-
-
-def window_moments(
-    spec: ModelSpec,
-    plan: TilePlan,
-    info: SourceInfo,
-    radiometry: Radiometry,
-    network: GlobalStatistics | None,
-    index: int,
-) -> list[tuple[Moments, Moments]] | None:
-    """One window's colour-match moments (per band group: raw SR, bicubic), or None when it
-    has no valid pixel. One task per window, so the statistics windows run on every worker
-    at once; their sums merge in window order into the local engine's."""
-    from backend.engine.model import ModelStep
-
-    step = ModelStep(worker_model(spec)[0], radiometry)
-    step.statistics = network
-    with gdal_env(), TileReader(info, radiometry) as reader:
-        tile = reader.read_tile(plan.window(index))
-    if tile.lr is None:
-        return None
-    sr, up = step.raw(tile.lr[None])
-    return step.moments([(tile.lr, tile.valid, sr[0], up[0])])
+    with gdal_env():
+        gather_statistics(plan, info, step)
+    return RasterStatistics(step.statistics, list(step.stats))
 
 
 @dataclass(frozen=True)

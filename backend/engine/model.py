@@ -8,9 +8,8 @@ Two kinds of statistics would differ from tile to tile, and with them the pictur
   ``STATISTICS_MAX_OUT_PIXELS`` of output, else from a copy reduced to that size; every
   tile then runs with them, whatever the tile size;
 * after it, the release's colour match (the output's per-channel mean/std mapped onto
-  those of its bicubic input), estimated ONCE by running the model on a few windows
-  spread over the raster before the main pass (nodata excluded), then applied to every
-  tile.
+  those of its bicubic input), estimated ONCE from the model's output on the same image
+  (nodata excluded), then applied to every tile.
 
 When one window covers the whole raster, the network computes its own statistics and the
 result equals ``SuperResolver.super_resolve`` (see docs/engine.md for the remaining
@@ -118,44 +117,74 @@ def reduced_shape(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXEL
     return max(1, int(plan.height / f)), max(1, int(plan.width / f))
 
 
-def statistics_input(plan: TilePlan, reader: TileReader) -> np.ndarray | None:
-    """The image [G, 3, h, w] (model inputs) the statistics are recorded from, or None when
-    the raster has no valid pixel.
+def statistics_input(plan: TilePlan, reader: TileReader) -> tuple[np.ndarray, np.ndarray] | None:
+    """The image the statistics are recorded from: (model inputs [G, 3, h, w], valid [h, w]),
+    or None when the raster has no valid pixel.
 
     The whole raster when its output is at most ``STATISTICS_MAX_OUT_PIXELS``: the tiles
     then get exactly the statistics of a one-tile run. Larger rasters: a copy reduced to
     fit, each pixel the mean of 2x2 samples of its area (a box filter on a point-sampled
-    read: bounded memory and one pass over the file). Measured with the bundled x4 model on
-    a 400 x 400 aerial image (2.6 Mpx of output), tiled output against the one-tile run:
-    this copy mean 0.28 DN, max 10; an area-resampled copy 0.45, max 19; a 3 x 3 grid of
-    native-resolution crops of the same total area 0.73, max 31; the exact whole-raster
-    statistics 0.002, max 1. The difference to the one-tile run is then the same at every
-    tile size (64 and 128: 0.276 DN each).
+    read: bounded memory and one pass over the file), valid where all four samples are.
+    Measured with the bundled x4 model on a 400 x 400 aerial image (2.6 Mpx of output),
+    tiled output against the one-tile run: this copy mean 0.28 DN, max 10; an
+    area-resampled copy 0.45, max 19; a 3 x 3 grid of native-resolution crops of the same
+    total area 0.73, max 31; the exact whole-raster statistics 0.002, max 1. The difference
+    to the one-tile run is then the same at every tile size (64 and 128: 0.276 DN each).
     """
     shape = reduced_shape(plan)
     if shape is None:
-        return reader.read_tile(Window(-1, 0, 0, 0, 0, plan.height, plan.width)).lr
+        tile = reader.read_tile(Window(-1, 0, 0, 0, 0, plan.height, plan.width))
+        return None if tile.lr is None or not tile.valid.any() else (tile.lr, tile.valid)
     h, w = shape
     data, valid = reader.read_reduced((2 * h, 2 * w))
     if not valid.any() or reader.radiometry is None:
         return None
     lr = reader.radiometry.to_model(data, valid)
-    return np.ascontiguousarray(lr.reshape(*lr.shape[:2], h, 2, w, 2).mean(axis=(3, 5), dtype=np.float32))
+    image = lr.reshape(*lr.shape[:2], h, 2, w, 2).mean(axis=(3, 5), dtype=np.float32)
+    return np.ascontiguousarray(image), valid.reshape(h, 2, w, 2).all(axis=(1, 3))
 
 
-def gather_statistics(plan: TilePlan, info: SourceInfo, step: ModelStep) -> None:
-    """Record the network's global statistics for this raster (``step.statistics``) when it
-    takes more than one window; a single window computes its own, as the release does.
+def gather_statistics(plan: TilePlan, info: SourceInfo, step: ModelStep) -> dict[int, torch.Tensor]:
+    """Every statistic the tiles share, gathered once per raster before the first tile:
 
-    A raster without any valid pixel keeps no statistics.
+    * the network's global statistics (``step.statistics``) when the plan has more than one
+      window (a single window computes its own, as the release does);
+    * the colour match (``step.stats``) when the weights want it: the raw output's and the
+      bicubic input's per-channel moments over the valid pixels of the same image the
+      network's statistics come from (the raster, or its reduced copy), so they too are the
+      same whatever the tile size. Windows spread over the raster would be a sample that
+      changes with the tile size, and the colour match multiplies every difference by the
+      ratio of the input's contrast to the raw output's (tens for an untrained network).
+
+    Returns raw outputs already computed for windows of the plan (the single window's, when
+    the colour match needed it), which the main pass then takes instead of running them
+    again. Raises EngineError when the colour match is wanted and no pixel is valid; else a
+    raster without any valid pixel keeps no statistics.
     """
     step.statistics = None
-    if len(plan) == 1:
-        return
+    single = len(plan) == 1
+    if single and not step.color_match:
+        return {}
     with TileReader(info, step.radiometry) as reader:
-        image = statistics_input(plan, reader)
-    if image is not None:
+        if single:
+            tile = reader.read_tile(plan.window(0))
+            found = None if tile.lr is None or not tile.valid.any() else (tile.lr, tile.valid)
+        else:
+            found = statistics_input(plan, reader)
+    if found is None:
+        if step.color_match:
+            raise EngineError(
+                f"{info.path.name} has no valid pixel in the selected bands (all nodata)", "input"
+            )
+        return {}
+    image, valid = found
+    if not single:
         step.gather_statistics(image[None])
+    if not step.color_match:
+        return {}
+    sr, up = step.raw(image[None])
+    step.set_stats(step.moments([(image, valid, sr[0], up[0])]))
+    return {0: sr[0]} if single else {}
 
 
 class ModelStep:
@@ -215,12 +244,10 @@ class ModelStep:
         shape = (n, g, *sr.shape[1:])
         return sr.cpu().reshape(shape), up.cpu().reshape(shape)
 
-    def estimate_stats(self, samples: list[Sample]) -> None:
-        """samples: (lr [G,3,h,w], valid [h,w], raw SR [G,3,H,W], bicubic [G,3,H,W]) per window."""
-        self.set_stats(self.moments(samples))
-
     def moments(self, samples: list[Sample]) -> list[tuple[Moments, Moments]]:
-        """Per band group, the (raw SR, bicubic) moments over the samples' valid pixels."""
+        """Per band group, the (raw SR, bicubic) moments over the samples' valid pixels.
+
+        samples: (lr [G,3,h,w], valid [h,w], raw SR [G,3,H,W], bicubic [G,3,H,W]) per image."""
         s = self.resolver.scale
         moments = [(Moments(), Moments()) for _ in self.radiometry.groups]
         for _lr, valid, sr, up in samples:

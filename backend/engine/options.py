@@ -72,8 +72,6 @@ class UpscaleOptions:
     nodata: float | None = None
     """Override the input's nodata value (e.g. an undeclared zero collar); None: as declared."""
     compress: str = "deflate"
-    stat_windows: int = 8
-    """Windows run once before the main pass to estimate the global colour-match statistics."""
     block_size: int = 512
     """Output GeoTIFF block size; blocks are also the unit of finalization."""
     prefetch_batches: int = 2

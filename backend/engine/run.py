@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,7 @@ def upscale_raster(
         temp = TempOutput(job.dst)
         with job.failures(temp):
             calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
-            gather_statistics(plan, job.info, step)  # the network's, shared by every tile
-            cache = _estimate_stats(plan, job.info, step, options, job.batch, cancel)
+            cache = gather_statistics(plan, job.info, step)  # shared by every tile
             ran = _model_facts(resolver, model_name)  # after calibration: the precision it runs at
             skipped, crs_wkt = job.write(
                 temp,
@@ -108,61 +107,6 @@ def _model_facts(resolver: SuperResolver, name: str) -> ModelFacts:
         resolver.description,
         resolver.precision,
     )
-
-
-def _sample_order(n: int, k: int) -> Iterator[int]:
-    """Evenly spread window indexes first, then the rest (for mostly-nodata rasters)."""
-    first = sorted({round(i) for i in np.linspace(0, n - 1, min(k, n))})
-    yield from first
-    chosen = set(first)
-    yield from (i for i in range(n) if i not in chosen)
-
-
-def _estimate_stats(
-    plan: TilePlan,
-    info: SourceInfo,
-    step: ModelStep,
-    options: UpscaleOptions,
-    batch_size: int,
-    cancel: CancelFn | None,
-) -> dict[int, torch.Tensor]:
-    """Run the model on a few valid windows; keep their raw outputs for the main pass.
-
-    Weights that ship without colour match (``color_match: false``) need no statistics.
-    """
-    samples: list[Any] = []
-    cache: dict[int, torch.Tensor] = {}
-    if not step.color_match:
-        return cache
-    with TileReader(info, step.radiometry) as reader:
-        batch: list[TileInput] = []
-        for idx in _sample_order(len(plan), max(1, options.stat_windows)):
-            if len(samples) + len(batch) >= options.stat_windows:
-                break
-            tile = reader.read_tile(plan.window(idx))
-            if tile.lr is not None:
-                batch.append(tile)
-            if len(batch) == batch_size:
-                _check_cancel(cancel)
-                samples += _run_samples(step, batch, cache)
-                batch = []
-        if batch:
-            _check_cancel(cancel)
-            samples += _run_samples(step, batch, cache)
-    if not samples:
-        raise EngineError(f"{info.path.name} has no valid pixel in the selected bands (all nodata)", "input")
-    step.estimate_stats(samples)
-    return cache
-
-
-def _run_samples(step: ModelStep, batch: list[TileInput], cache: dict[int, torch.Tensor]) -> list[Any]:
-    lr = np.stack([t.lr for t in batch if t.lr is not None])
-    sr, up = step.raw(lr)
-    out = []
-    for i, t in enumerate(batch):
-        cache[t.window.index] = sr[i].clone()
-        out.append((t.lr, t.valid, sr[i], up[i]))
-    return out
 
 
 def _check_cancel(cancel: CancelFn | None) -> None:
