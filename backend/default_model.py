@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -43,6 +43,66 @@ def initial_student(seed: int = 0) -> SlimDiffSRStudent:
         last.weight.mul_(0.05)
         last.bias.zero_()
     return model
+
+
+def _stage_layers(blocks: tuple[int, ...], decoder: bool) -> list[tuple[list[int], list[int]]]:
+    """Per stage of a tiny-autoencoder half, (its convolution indexes, its TinyBlock indexes)
+    in ``layers`` (:mod:`backend.model.tiny_autoencoder`'s order)."""
+    stages, i = [], 2 if decoder else 0
+    for stage, n in enumerate(blocks):
+        if decoder:
+            last = stage == len(blocks) - 1
+            tiny = list(range(i, i + n))
+            i += n + (0 if last else 1)  # the blocks, then the x2 upsampling
+            stages.append(([i], tiny))
+            i += 1
+        else:
+            stages.append(([i], list(range(i + 1, i + 1 + n))))
+            i += 1 + n
+    return stages
+
+
+def drop_blocks(
+    model: SlimDiffSRStudent, encoder_blocks: tuple[int, ...], decoder_blocks: tuple[int, ...]
+) -> SlimDiffSRStudent:
+    """The same network with fewer tiny-autoencoder blocks per stage, every kept layer's
+    weights copied (a stage keeps its first blocks).
+
+    Why: a block at half the output resolution costs 16x one at the input's (x4), so the
+    blocks between the input and output resolutions are most of the compact student's time;
+    a trained model without them, fine-tuned from these weights, starts from everything
+    else it learned instead of from scratch.
+    """
+    cfg = model.config
+    if len(encoder_blocks) != len(cfg.encoder_blocks) or len(decoder_blocks) != len(cfg.decoder_blocks):
+        raise ValueError("the number of stages must stay the same")
+    if any(
+        n > o
+        for n, o in zip(encoder_blocks + decoder_blocks, cfg.encoder_blocks + cfg.decoder_blocks, strict=True)
+    ):
+        raise ValueError("blocks can only be dropped, not added")
+    slim = SlimDiffSRStudent(replace(cfg, encoder_blocks=encoder_blocks, decoder_blocks=decoder_blocks))
+    index: dict[str, str] = {}
+    for half, old, new in (
+        ("encoder", cfg.encoder_blocks, encoder_blocks),
+        ("decoder", cfg.decoder_blocks, decoder_blocks),
+    ):
+        dec = half == "decoder"
+        for (old_convs, old_tiny), (new_convs, new_tiny) in zip(
+            _stage_layers(old, dec), _stage_layers(new, dec), strict=True
+        ):
+            # the new stage's layers are the old one's first: the shorter list ends the pairs
+            for a, b in zip(old_convs + old_tiny, new_convs + new_tiny, strict=False):
+                index[f"vae.{half}.layers.{b}."] = f"vae.{half}.layers.{a}."
+        if not dec:  # the latent convolution after the last stage
+            index[f"vae.encoder.layers.{len(new) + sum(new)}."] = f"vae.encoder.layers.{len(old) + sum(old)}."
+    source = model.state_dict()
+    state = {}
+    for key in slim.state_dict():
+        prefix = next((p for p in index if key.startswith(p)), None)
+        state[key] = source[index[prefix] + key[len(prefix) :] if prefix else key]
+    slim.load_state_dict(state)
+    return slim
 
 
 @dataclass
@@ -212,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("init", help="write the untrained compact student (output = bicubic)")
     p.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     p.add_argument("--out", required=True)
+    d = sub.add_parser("slim", help="trained weights -> the same network with fewer autoencoder blocks")
+    d.add_argument("weights")
+    d.add_argument("--encoder-blocks", required=True, help="blocks per encoder stage, e.g. 0,0,1")
+    d.add_argument("--decoder-blocks", required=True, help="blocks per decoder stage, e.g. 1,0,0")
+    d.add_argument("--out", required=True)
     f = sub.add_parser("finalize", help="trained run weights -> resources/weights file")
     f.add_argument("trained")
     f.add_argument("out")
@@ -234,6 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init":
         save_safetensors(initial_student(), args.out, args.scale, name="compact student, untrained")
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "slim":
+        loaded = load_weights(args.weights)
+        try:
+            slim = drop_blocks(
+                loaded.model,
+                tuple(int(n) for n in args.encoder_blocks.split(",")),
+                tuple(int(n) for n in args.decoder_blocks.split(",")),
+            )
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        save_safetensors(
+            slim, args.out, loaded.scale, name=f"{loaded.metadata.get('name') or 'student'}, slimmed"
+        )
         print(f"wrote {args.out}")
         return 0
     if args.command == "finalize":

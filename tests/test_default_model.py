@@ -9,6 +9,7 @@ import torch
 
 from backend.default_model import (
     EVAL_DEGRADATIONS,
+    drop_blocks,
     evaluate,
     finalize,
     gains,
@@ -27,6 +28,28 @@ def test_untrained_student_starts_near_the_bicubic_input() -> None:
         out = model(x)[1]
     assert (out - x).abs().mean() < 0.05 * x.abs().mean()
     assert not torch.equal(out, x)  # the last layer is scaled, not zeroed: gradients flow
+
+
+def test_dropping_blocks_keeps_every_other_layer_s_weights() -> None:
+    """Slimming to the same layout is the identity; dropping the half-resolution blocks keeps
+    the UNet, the merge convolutions and every remaining autoencoder layer as they were."""
+    model = initial_student(seed=3).eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    same = drop_blocks(model, COMPACT_STUDENT.encoder_blocks, COMPACT_STUDENT.decoder_blocks).eval()
+    with torch.no_grad():
+        assert torch.equal(same(x)[1], model(x)[1])
+    slim = drop_blocks(model, (0, 0, 1), (1, 0, 0))
+    assert slim.config.encoder_blocks == (0, 0, 1) and slim.config.decoder_blocks == (1, 0, 0)
+    old, new = model.state_dict(), slim.state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("vae."))
+    enc, dec = model.vae.encoder.layers, slim.vae.encoder.layers
+    for a, b in ((0, 0), (1, 1), (3, 2), (4, 3), (5, 4)):  # stage convs, the input-resolution block, latent
+        assert all(torch.equal(p, q) for p, q in zip(enc[a].parameters(), dec[b].parameters(), strict=True))
+    last_old, last_new = model.vae.decoder.layers[-1], slim.vae.decoder.layers[-1]
+    assert torch.equal(last_old.weight, last_new.weight)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="only be dropped"):
+        drop_blocks(model, (1, 1, 1), (1, 1, 0))
 
 
 def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_path: Path) -> None:
