@@ -35,7 +35,6 @@ from backend.radiometry import split_range
 from backend.weights import LoadedWeights, WeightsError, default_weights_path, load_weights
 
 ModelLike = SuperResolver | LoadedWeights | str | Path | None
-Sample = tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]
 
 STATISTICS_MAX_OUT_PIXELS = 1024 * 1024
 """Output pixels the statistics pass covers at most, whatever the tile size (a fixed cost,
@@ -69,7 +68,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
 
 
 @dataclass
-class Moments:
+class _Moments:
     n: float = 0.0
     s: np.ndarray | None = None
     ss: np.ndarray | None = None
@@ -77,15 +76,10 @@ class Moments:
     def add(self, x: torch.Tensor, valid: torch.Tensor) -> None:
         """x [3, H, W], valid [H, W] bool."""
         v = x[:, valid].double()
-        self.merge(Moments(float(v.shape[1]), v.sum(dim=1).numpy(), (v * v).sum(dim=1).numpy()))
-
-    def merge(self, other: Moments) -> None:
-        """Add ``other``'s sums (moments of other pixels): windows computed apart, on a
-        cluster's workers, merge in window order into exactly the local sums."""
-        self.n += other.n
-        if other.s is not None and other.ss is not None:
-            self.s = other.s if self.s is None else self.s + other.s
-            self.ss = other.ss if self.ss is None else self.ss + other.ss
+        s, ss = v.sum(dim=1).numpy(), (v * v).sum(dim=1).numpy()
+        self.n += float(v.shape[1])
+        self.s = s if self.s is None else self.s + s
+        self.ss = ss if self.ss is None else self.ss + ss
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and unbiased std (as torch.std, which the release uses)."""
@@ -94,16 +88,6 @@ class Moments:
         mean = self.s / self.n
         var = np.maximum(self.ss - self.n * mean * mean, 0.0) / (self.n - 1)
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
-def color_stats(moments: list[tuple[Moments, Moments]]) -> list[ColorStats]:
-    """Per band group, the colour match from its (raw SR, bicubic) moments."""
-    stats = []
-    for sr_m, ref_m in moments:
-        sm, ss = sr_m.mean_std()
-        rm, rs = ref_m.mean_std()
-        stats.append(ColorStats(sr_mean=sm, sr_std=ss, ref_mean=rm, ref_std=rs))
-    return stats
 
 
 def reduced_shape(plan: TilePlan, max_out_pixels: int = STATISTICS_MAX_OUT_PIXELS) -> tuple[int, int] | None:
@@ -183,7 +167,7 @@ def gather_statistics(plan: TilePlan, info: SourceInfo, step: ModelStep) -> dict
     if not step.color_match:
         return {}
     sr, up = step.raw(image[None])
-    step.set_stats(step.moments([(image, valid, sr[0], up[0])]))
+    step.estimate_color(valid, sr[0], up[0])
     return {0: sr[0]} if single else {}
 
 
@@ -244,22 +228,18 @@ class ModelStep:
         shape = (n, g, *sr.shape[1:])
         return sr.cpu().reshape(shape), up.cpu().reshape(shape)
 
-    def moments(self, samples: list[Sample]) -> list[tuple[Moments, Moments]]:
-        """Per band group, the (raw SR, bicubic) moments over the samples' valid pixels.
-
-        samples: (lr [G,3,h,w], valid [h,w], raw SR [G,3,H,W], bicubic [G,3,H,W]) per image."""
+    def estimate_color(self, valid: np.ndarray, sr: torch.Tensor, up: torch.Tensor) -> None:
+        """The colour match (``self.stats``) from one image's raw SR and bicubic input
+        [G, 3, H, W], per band group, over its valid input pixels [h, w]."""
         s = self.resolver.scale
-        moments = [(Moments(), Moments()) for _ in self.radiometry.groups]
-        for _lr, valid, sr, up in samples:
-            v = torch.from_numpy(np.repeat(np.repeat(valid, s, 0), s, 1))
-            for gi, (sr_m, ref_m) in enumerate(moments):
-                sr_m.add(sr[gi], v)
-                ref_m.add(up[gi], v)
-        return moments
-
-    def set_stats(self, moments: list[tuple[Moments, Moments]]) -> None:
-        """The colour match from per-group (raw SR, bicubic) moments."""
-        self.stats = color_stats(moments)
+        v = torch.from_numpy(np.repeat(np.repeat(valid, s, 0), s, 1))
+        self.stats = []
+        for gi in range(len(self.radiometry.groups)):
+            sr_m, ref_m = _Moments(), _Moments()
+            sr_m.add(sr[gi], v)
+            ref_m.add(up[gi], v)
+            (sm, ss), (rm, rs) = sr_m.mean_std(), ref_m.mean_std()
+            self.stats.append(ColorStats(sr_mean=sm, sr_std=ss, ref_mean=rm, ref_std=rs))
 
     @property
     def color_match(self) -> bool:
