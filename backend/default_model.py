@@ -25,7 +25,9 @@ from rasterio.io import MemoryFile
 
 from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
+from backend.model.degradation_estimator import DegradationEstimator, EstimatorConfig
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
+from backend.regimes import RegimeExperts, image_crops
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 from devtools.margin import edge_profile, receptive_margin
 
@@ -161,6 +163,7 @@ def evaluate(
     resolver = SuperResolver.from_weights(loaded, device, "fp32")  # as the plugin runs it
     images = load_eval_images(folder, scale, files)
     results: dict[str, dict[str, list[float]]] = {}
+    regimes: dict[str, list[str]] = {}
     seconds, pixels = 0.0, 0
     for index, image in enumerate(images):
         for kind in degradations:
@@ -168,8 +171,11 @@ def evaluate(
             x = lr * 2 - 1
             start = time.perf_counter()
             with torch.no_grad():
-                up = resolver.upsample(x)
-                network = resolver.restore(up)[0]
+                # degradation-aware weights: the experts mixed for this LR image, as the engine
+                chosen = resolver.for_regime(resolver.estimate_regime(image_crops(lr)))
+                regimes.setdefault(kind, []).append(chosen.regime_description)
+                up = chosen.upsample(x)
+                network = chosen.restore(up)[0]
                 consistent = enforce_lr_consistency(network, x.to(network.device), scale)
                 sr = consistent if loaded.lr_consistency else network
             seconds += time.perf_counter() - start
@@ -197,6 +203,7 @@ def evaluate(
         "images": [im.name for im in images],
         "metrics": summary,
         "per_raster_psnr_y": per_raster,
+        "regimes": regimes,
         "model_mpx_per_s_fp32_whole_image": round(pixels / seconds / 1e6, 3),
     }
 
@@ -218,26 +225,47 @@ def gains(report: dict[str, object], method: str = "model") -> dict[str, dict[st
     return out
 
 
-def finalize(trained: Path, out: Path, lr_consistency: bool = True) -> Path:
+def finalize(
+    trained: Path,
+    out: Path,
+    lr_consistency: bool = True,
+    experts: dict[str, Path] | None = None,
+    estimator: Path | None = None,
+) -> Path:
     """The trained run's weights -> the shipped file (name, no colour match, provenance).
 
     The compact student learns the image itself (L1 to the HR image), so it ships with
     ``color_match: false``: matching its output's std to the blurrier bicubic input would
-    flatten the detail it restores. It ships with ``lr_consistency: true``: one
-    back-projection step after the network, measured +0.05 dB PSNR-Y at x4 and +0.06 dB at
-    x8 on the eval rasters (MODEL_CARD.md), whose numbers include it.
+    flatten the detail it restores. ``lr_consistency``: one back-projection step after the
+    network (it assumes the antialiased bicubic kernel).
+
+    With ``experts`` (regime -> trained weights, fine-tuned from ``trained``) and the
+    ``estimator`` (:func:`save_estimator`), the file is degradation-aware: ``trained``
+    is the clean regime's network, and the engine mixes the experts per raster
+    (:mod:`backend.regimes`).
     """
-    if not Path(trained).is_file():
-        raise SystemExit(f"{trained} does not exist yet; run 'make train-default' again to continue")
-    loaded = load_weights(trained)
+    loaded = _complete(trained)
     training = loaded.metadata.get("training") or {}
-    if isinstance(training, dict) and training.get("complete") is False:
-        raise SystemExit(
-            f"{trained} is from an unfinished run (step {training.get('steps')} of "
-            f"{training.get('steps_planned')}); run 'make train-default' again to continue"
-        )
     if isinstance(training, dict):
         training = {**training, "recipe": "make train-default (tools/train_default.sh)"}
+    regime_experts = None
+    if experts:
+        if estimator is None:
+            raise SystemExit("error: experts need the degradation estimator (--estimator)")
+        model, summary = load_estimator(estimator)
+        states = {"clean": loaded.model.state_dict()}
+        runs: dict[str, object] = {}
+        for name, path in experts.items():
+            expert = _complete(path)
+            if expert.scale != loaded.scale or expert.model.config != loaded.model.config:
+                raise SystemExit(f"error: {path} is not the same network at x{loaded.scale}")
+            states[name] = expert.model.state_dict()
+            runs[name] = expert.metadata.get("training") or {}
+        names = ("clean", *experts)
+        if set(names) != set(model.config.regimes):
+            raise SystemExit(f"error: the estimator knows {model.config.regimes}, the experts are {names}")
+        regime_experts = RegimeExperts(names, states, model)
+        training = {"clean": training, "experts": runs, "estimator": summary}
     margin = measure_margin(loaded)
     return save_safetensors(
         loaded.model,
@@ -253,7 +281,52 @@ def finalize(trained: Path, out: Path, lr_consistency: bool = True) -> Path:
             "license": "MIT (weights); training data licences: MANIFEST",
             "receptive_margin": str(margin),
         },
+        experts=regime_experts,
     )
+
+
+def _complete(path: Path) -> LoadedWeights:
+    """A finished training run's weights, or exit with what to do."""
+    if not Path(path).is_file():
+        raise SystemExit(f"{path} does not exist yet; run 'make train-default' again to continue")
+    loaded = load_weights(path)
+    training = loaded.metadata.get("training") or {}
+    if isinstance(training, dict) and training.get("complete") is False:
+        raise SystemExit(
+            f"{path} is from an unfinished run (step {training.get('steps')} of "
+            f"{training.get('steps_planned')}); run 'make train-default' again to continue"
+        )
+    return loaded
+
+
+ESTIMATOR_FORMAT = "slimdiffsr-degradation-estimator"
+
+
+def save_estimator(model: DegradationEstimator, path: Path, summary: dict[str, object]) -> Path:
+    """The trained estimator alone (no pickle), until :func:`finalize` packs it with the experts."""
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": ESTIMATOR_FORMAT,
+        "estimator": json.dumps(model.config.to_dict()),
+        "training": json.dumps(summary),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+def load_estimator(path: Path) -> tuple[DegradationEstimator, dict[str, object]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != ESTIMATOR_FORMAT:
+        raise SystemExit(f"error: {path} is not a degradation estimator file")
+    model = DegradationEstimator(EstimatorConfig.from_dict(json.loads(meta["estimator"])))
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False), json.loads(meta.get("training", "{}"))
 
 
 def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> int:
@@ -264,6 +337,13 @@ def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> i
     """
     margin, _ = receptive_margin(edge_profile(SuperResolver.from_weights(loaded, "cpu", "fp32"), size, tile))
     return margin
+
+
+def _pair(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise SystemExit(f"error: --expert wants REGIME=WEIGHTS, not {text!r}")
+    return name, Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +365,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ship without the back-projection step (it assumes the antialiased bicubic kernel)",
     )
+    f.add_argument(
+        "--expert",
+        action="append",
+        default=[],
+        metavar="REGIME=WEIGHTS",
+        help="an expert fine-tuned from TRAINED for one LR regime (soft, aliased); repeatable",
+    )
+    f.add_argument("--estimator", help="the degradation estimator file (the estimator command)")
+    t = sub.add_parser("estimator", help="train the degradation estimator on data/train")
+    t.add_argument("--shared", default="../shared")
+    t.add_argument("--seed", type=int, default=2031, help="the experts' split seed (same held-out files)")
+    t.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
     e.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     e.add_argument("--weights", help="default: the bundled model for --scale")
@@ -317,7 +409,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0
     if args.command == "finalize":
-        print(f"wrote {finalize(Path(args.trained), Path(args.out), not args.no_lr_consistency)}")
+        experts = dict(_pair(e) for e in args.expert)
+        estimator = Path(args.estimator) if args.estimator else None
+        out = finalize(Path(args.trained), Path(args.out), not args.no_lr_consistency, experts, estimator)
+        print(f"wrote {out}")
+        return 0
+    if args.command == "estimator":
+        from backend.training.estimator import EstimatorSettings, train_estimator
+
+        model, summary = train_estimator(
+            Path(args.shared) / "data" / "train", EstimatorSettings(seed=args.seed)
+        )
+        print(json.dumps(summary))
+        print(f"wrote {save_estimator(model, Path(args.out), summary)}")
         return 0
     weights = Path(args.weights) if args.weights else default_weights_path(args.scale)
     if args.held_out_seed is not None:

@@ -21,6 +21,7 @@ the picture.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -35,6 +36,7 @@ from backend.model import SlimDiffSRStudent
 from backend.model.fused_student import FusedStudent
 from backend.model.global_context import GlobalContext, GlobalStatistics
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
+from backend.regimes import Mixture, RegimeExperts, describe_mixture
 from backend.runtime.choices import PRECISIONS, RUNTIMES
 from backend.runtime.cpu import cpu_info
 from backend.weights import LoadedWeights
@@ -50,6 +52,8 @@ AUTO_PRECISION_TOLERANCE = 0.01
 # ... and int8 only when, in addition, its output is this close to fp32's on real imagery
 # (PSNR in dB, values in [0, 1]): an error at 50 dB moves a 30 dB result by under 0.05 dB.
 AUTO_INT8_MIN_PSNR = 50.0
+REGIME_CACHE = 3
+"""Resolvers of other expert mixtures a resolver keeps (:meth:`SuperResolver.for_regime`)."""
 
 
 class InferenceError(UserInputError, RuntimeError):
@@ -192,6 +196,8 @@ class SuperResolver:
         receptive_margin: int | None = None,
         runtime: str = "auto",
         auto_int8: bool | None = None,
+        experts: RegimeExperts | None = None,
+        regime: Mixture | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -220,6 +226,14 @@ class SuperResolver:
         self._recorder: FusedStudent | None = None
         self._calibrate = False
         self._wanted = precision
+        self._runtime_wanted = runtime
+        # Degradation-aware weights: the experts, and the mixture this resolver runs
+        # (None: the file's own network); :meth:`for_regime` builds the others, kept
+        # in ``_by_regime`` (a raster batch mostly repeats a few).
+        self.experts = experts
+        self.regime = regime
+        self._by_regime: dict[Mixture, SuperResolver] = {}
+        self._regime_lock = threading.Lock()
         # Whether 'auto' calibrates an int8 candidate: by default where the CPU has int8
         # dot products (cpu_info().fast_int8); elsewhere it costs more than it saves.
         self._auto_int8 = cpu_info().fast_int8 if auto_int8 is None else auto_int8
@@ -243,7 +257,49 @@ class SuperResolver:
             lr_consistency=loaded.lr_consistency,
             receptive_margin=loaded.receptive_margin,
             runtime=runtime,
+            experts=loaded.experts,
         )
+
+    # -- degradation-aware weights -------------------------------------------------------
+    def estimate_regime(self, crops: torch.Tensor | np.ndarray) -> Mixture | None:
+        """Crops [K, 3, h, w] in [0, 1] of one raster (:func:`backend.regimes.crop_positions`)
+        -> the experts' mixture for it; None when the weights have no experts."""
+        return None if self.experts is None else self.experts.estimate(crops)
+
+    def for_regime(self, mixture: Mixture | None) -> SuperResolver:
+        """This resolver with the experts' weights mixed as ``mixture`` (same device,
+        precision wish and runtime); itself when there are no experts or no mixture.
+
+        Kept for reuse: the last ``REGIME_CACHE`` mixtures' resolvers (each a copy of the
+        small network, and its CPU-runtime build).
+        """
+        if self.experts is None or mixture is None or mixture == self.regime:
+            return self
+        if self.regime is None and mixture == ((self.experts.names[0], 1.0),):
+            return self  # the file's own network
+        with self._regime_lock:
+            cached = self._by_regime.pop(mixture, None)
+            if cached is None:
+                model = copy.deepcopy(self.model)
+                model.load_state_dict(self.experts.mix(mixture))
+                cached = SuperResolver(
+                    model,
+                    self.scale,
+                    str(self.device),
+                    self._wanted,
+                    channels_last=self.channels_last,
+                    compile=self.compile,
+                    color_match=self.color_match,
+                    lr_consistency=self.lr_consistency,
+                    receptive_margin=self.receptive_margin,
+                    runtime=self._runtime_wanted,
+                    auto_int8=self._auto_int8,
+                    regime=mixture,
+                )
+            self._by_regime[mixture] = cached  # most recent last
+            while len(self._by_regime) > REGIME_CACHE:
+                self._by_regime.pop(next(iter(self._by_regime)))
+            return cached
 
     # -- precision ---------------------------------------------------------------------
     def _check_supported(self, precision: str) -> None:
@@ -409,6 +465,13 @@ class SuperResolver:
         """'cpu (avx2), openvino int8', 'cpu (avx2), fp32' (torch), 'cuda:0 NAME, fp16'."""
         runtime = "" if self.runtime == "torch" else f"{self.runtime} "
         return f"{describe_device(self.device)}, {runtime}{self.precision}"
+
+    @property
+    def regime_description(self) -> str:
+        """'' (one network), or 'for soft imagery (soft 0.8, clean 0.2)'."""
+        if self.regime is None:
+            return "" if self.experts is None else f"for {self.experts.names[0]} imagery"
+        return describe_mixture(self.regime)
 
     # -- the network -------------------------------------------------------------------
     def _check_multiple(self, x: torch.Tensor) -> None:

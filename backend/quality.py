@@ -33,6 +33,7 @@ from backend.degradation import degrade as degrade_by
 from backend.errors import UserInputError
 from backend.metrics import psnr, rgb_to_y, ssim_index
 from backend.model.lr_consistency import enlarge
+from backend.regimes import image_crops
 
 MIN_SAMPLE_LR = 16  # the degraded sample must keep at least this many pixels per side
 PANEL_GAP = 8
@@ -411,7 +412,12 @@ def assess(
         report_progress(0.3 + 0.6 * index / len(CHECKS), f"restoring the sample after {label}")
         lr = degrade(model_input, scale, kind)
         bicubic = bicubic_upscale(lr, scale)
-        sr = resolver.super_resolve(lr)
+        # degradation-aware weights: the experts mixed for this input, as the engine would
+        crops = image_crops(torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None].float())
+        chosen = resolver.for_regime(resolver.estimate_regime(crops))
+        if chosen.regime_description:
+            say(f"{label}: {chosen.regime_description}")
+        sr = chosen.super_resolve(lr)
         score = ReductionScore(kind, label, *scores(measured(sr), ref_c), *scores(measured(bicubic), ref_c))
         if any(np.isnan(v) for v in (score.psnr_sr, score.ssim_sr, score.psnr_bicubic, score.ssim_bicubic)):
             raise QualityError(

@@ -25,6 +25,8 @@ import torch
 from backend import __version__
 from backend.errors import UserInputError, one_line
 from backend.model import SlimDiffSRStudent, StudentConfig
+from backend.model.degradation_estimator import DegradationEstimator, EstimatorConfig
+from backend.regimes import RegimeExperts
 
 FORMAT_NAME = "slimdiffsr-student"
 FORMAT_VERSION = "1"
@@ -97,6 +99,9 @@ class LoadedWeights:
     scale: int
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    experts: RegimeExperts | None = None
+    """Degradation-aware files: the experts per LR regime and their estimator
+    (:mod:`backend.regimes`); None: one network for every input."""
 
     @property
     def color_match(self) -> bool:
@@ -301,11 +306,60 @@ def load_weights(path: str | Path, scale: int | None = None) -> LoadedWeights:
         raise WeightsError(
             f"{path.name}: unknown weights format '{path.suffix}'; use .safetensors or a release .pkl/.pth"
         )
-    _check_state_dict(build_student(config, path), state, path)
+    experts_state = {k: state.pop(k) for k in [k for k in state if k.startswith(("regime.", "estimator."))]}
+    skeleton = build_student(config, path)
+    _check_state_dict(skeleton, state, path)
     model = SlimDiffSRStudent(config)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
-    return LoadedWeights(model=model, scale=chosen, metadata=metadata, source=str(path))
+    experts = _read_experts(skeleton, state, experts_state, metadata, path) if experts_state else None
+    return LoadedWeights(model=model, scale=chosen, metadata=metadata, source=str(path), experts=experts)
+
+
+def _read_experts(
+    skeleton: SlimDiffSRStudent,
+    base: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    path: Path,
+) -> RegimeExperts:
+    """The ``regime.<name>.`` and ``estimator.`` tensors -> :class:`RegimeExperts`, every
+    expert checked against the architecture as the file's own network is."""
+    names = metadata.get("regimes")
+    try:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+            raise ValueError("'regimes' must list the file's own regime and at least one expert")
+        config = EstimatorConfig.from_dict(metadata.get("estimator") or {})
+        if set(config.regimes) != set(names):
+            raise ValueError("the estimator's regimes differ from the file's")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WeightsError(
+            f"{path.name}: invalid regime metadata ({one_line(exc, 120)}); the file is damaged or was not "
+            "written by this tool"
+        ) from None
+    states = {names[0]: base}
+    for name in names[1:]:
+        prefix = f"regime.{name}."
+        states[name] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        _check_state_dict(skeleton, states[name], path)
+    estimator = DegradationEstimator(config)
+    prefix = "estimator."
+    estimator_state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    leftover = (
+        set(tensors)
+        - {f"regime.{n}.{k}" for n in names[1:] for k in states[n]}
+        - {prefix + k for k in estimator_state}
+    )
+    try:
+        if leftover:
+            raise ValueError(f"tensors of no regime: {', '.join(sorted(leftover)[:3])}")
+        estimator.load_state_dict(estimator_state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise WeightsError(
+            f"{path.name}: its degradation estimator does not load ({one_line(exc, 120)}); the file is "
+            "damaged or was not written by this tool"
+        ) from None
+    return RegimeExperts(tuple(names), states, estimator.eval().requires_grad_(False))
 
 
 def _maybe_json(value: str) -> Any:
@@ -329,8 +383,11 @@ def save_safetensors(
     color_match: bool = True,
     lr_consistency: bool = False,
     extra: dict[str, Any] | None = None,
+    experts: RegimeExperts | None = None,
 ) -> Path:
-    """Write weights plus the metadata that makes the file self-describing."""
+    """Write weights plus the metadata that makes the file self-describing; with
+    ``experts``, ``model`` is the first regime's network and the others and the estimator
+    are stored beside it (:mod:`backend.regimes`)."""
     from safetensors.torch import save_file
 
     if scale not in SUPPORTED_SCALES:
@@ -352,6 +409,14 @@ def save_safetensors(
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if experts is not None:
+        meta["regimes"] = json.dumps(list(experts.names))
+        meta["estimator"] = json.dumps(experts.estimator.config.to_dict())
+        for name in experts.names[1:]:
+            for k, v in experts.states[name].items():
+                state[f"regime.{name}.{k}"] = v.detach().cpu().contiguous()
+        for k, v in experts.estimator.state_dict().items():
+            state[f"estimator.{k}"] = v.detach().cpu().contiguous()
     tmp = path.with_name(path.name + ".part")
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(path)

@@ -11,8 +11,18 @@
 #   SCALE=8: 1. x4's stage 1 fine-tuned for x8 (same network; it already knows how to
 #               restore detail, x8 only has to learn the larger gap), build/default_x8;
 #            2. squared error on 384 px crops, sqrt-area sampling, build/default_x8/large.
-# A further stage on the remote-sensing LR synthesis (--degradation sensor) was measured and
-# does not ship (MODEL_CARD.md, "Limits").
+# Those are the clean regime's network (antialiased reductions). Then, per scale, two
+# experts fine-tuned from it (squared error, 256/384 px crops, seed 2031):
+#   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x4 2500
+#            steps, x8 1000 steps, build/default_x$SCALE/soft;
+#   aliased: --degradation sensor-aliased (point sampling at a random phase), x4 2000
+#            steps, x8 1000 steps, build/default_x$SCALE/aliased;
+# and the degradation estimator that mixes them per raster (shared by both scales,
+# minutes), build/estimator. The shipped file holds all three networks and the estimator
+# (backend/regimes.py); it runs without the LR-consistency step (which assumes the
+# antialiased kernel, and hurts on the other regimes).
+# CLEAN=<weights> starts from an existing clean network (the shipped file's own, e.g.
+# CLEAN=build/shipped_x4_clean.safetensors) instead of training stages 1-3 again.
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
@@ -33,6 +43,7 @@ X4_PSNR=build/default_x4/psnr
 X4_LARGE=build/default_x4/large
 X8=build/default_x8
 X8_LARGE=build/default_x8/large
+ESTIMATOR=build/estimator/estimator.safetensors
 
 finished() {  # weights file -> success if it exists and records a complete run
   [[ -f $1 ]] && "$PY" - "$1" <<'PYEOF'
@@ -60,35 +71,57 @@ stage() {  # run-folder name init steps crop batch lr warmup seed [extra trainer
   nice -n "${NICE:-0}" "$PY" -m backend.cli train \
     --data "$SHARED/data/train" --student compact --init "$init" --scale "$SCALE" \
     --crop "$crop" --batch-size "$batch" --steps "$steps" --lr "$lr" --warmup "$warmup" \
-    --schedule cosine --precision "$PRECISION" --degradation bicubic --seed "$seed" --workers 0 \
+    --schedule cosine --precision "$PRECISION" --degradation "${DEGRADATION:-bicubic}" --seed "$seed" --workers 0 \
     --val-every 500 --checkpoint-every 100 --log-every 50 \
     --max-minutes "$left" --out "$run" --name "$name" ${THREADS:+--threads "$THREADS"} "$@"
   finished "$run/$name.safetensors" || { echo "stage $run paused; run the same command again to continue"; exit 0; }
 }
 
-ship() {  # the last stage's run folder -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$1/slimdiffsr_default_x$SCALE.safetensors" \
-    "resources/weights/slimdiffsr_default_x$SCALE.safetensors"
+estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone if interrupted)
+  [[ -f $ESTIMATOR ]] && return 0
+  "$PY" -m backend.default_model estimator --shared "$SHARED" --seed 2031 --out "$ESTIMATOR"
+}
+
+ship() {  # clean soft aliased weights -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
+  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$1" \
+    "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
+    --expert "soft=$2" --expert "aliased=$3" --estimator "$ESTIMATOR"
 }
 
 case "$SCALE" in
   4)
-    mkdir -p "$X4"
-    init="$X4/init_x4.safetensors"
-    [[ -f $init ]] || "$PY" -m backend.default_model init --scale 4 --out "$init"
-    stage "$X4" slimdiffsr_default_x4 "$init" "${STEPS:-13000}" 128 8 5e-4 200 2026
-    stage "$X4_PSNR" slimdiffsr_default_x4 "$X4/slimdiffsr_default_x4.safetensors" \
-      "${PSNR_STEPS:-9000}" 128 8 2e-4 100 2027 --l1 0 --mse 1
-    stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
-      "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
-    ship "$X4_LARGE"
+    clean=${CLEAN:-$X4_LARGE/slimdiffsr_default_x4.safetensors}
+    if [[ -z ${CLEAN:-} ]]; then
+      mkdir -p "$X4"
+      init="$X4/init_x4.safetensors"
+      [[ -f $init ]] || "$PY" -m backend.default_model init --scale 4 --out "$init"
+      stage "$X4" slimdiffsr_default_x4 "$init" "${STEPS:-13000}" 128 8 5e-4 200 2026
+      stage "$X4_PSNR" slimdiffsr_default_x4 "$X4/slimdiffsr_default_x4.safetensors" \
+        "${PSNR_STEPS:-9000}" 128 8 2e-4 100 2027 --l1 0 --mse 1
+      stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
+        "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
+    fi
+    DEGRADATION=sensor-soft stage "$X4/soft" slimdiffsr_soft_x4 "$clean" \
+      "${EXPERT_STEPS:-2500}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
+    DEGRADATION=sensor-aliased stage "$X4/aliased" slimdiffsr_aliased_x4 "$clean" \
+      "${EXPERT_STEPS:-2000}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
+    estimator
+    ship "$clean" "$X4/soft/slimdiffsr_soft_x4.safetensors" "$X4/aliased/slimdiffsr_aliased_x4.safetensors"
     ;;
   8)
-    stage "$X8" slimdiffsr_default_x8 "$X4/slimdiffsr_default_x4.safetensors" \
-      "${STEPS:-2000}" 192 4 2e-4 100 2026
-    stage "$X8_LARGE" slimdiffsr_default_x8 "$X8/slimdiffsr_default_x8.safetensors" \
-      "${LARGE_STEPS:-1500}" 384 1 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
-    ship "$X8_LARGE"
+    clean=${CLEAN:-$X8_LARGE/slimdiffsr_default_x8.safetensors}
+    if [[ -z ${CLEAN:-} ]]; then
+      stage "$X8" slimdiffsr_default_x8 "$X4/slimdiffsr_default_x4.safetensors" \
+        "${STEPS:-2000}" 192 4 2e-4 100 2026
+      stage "$X8_LARGE" slimdiffsr_default_x8 "$X8/slimdiffsr_default_x8.safetensors" \
+        "${LARGE_STEPS:-1500}" 384 1 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
+    fi
+    DEGRADATION=sensor-soft stage "$X8/soft" slimdiffsr_soft_x8 "$clean" \
+      "${EXPERT_STEPS:-1000}" 384 1 1e-4 50 2031 --l1 0 --mse 1 --sampling sqrt-area
+    DEGRADATION=sensor-aliased stage "$X8/aliased" slimdiffsr_aliased_x8 "$clean" \
+      "${EXPERT_STEPS:-1000}" 384 1 1e-4 50 2031 --l1 0 --mse 1 --sampling sqrt-area
+    estimator
+    ship "$clean" "$X8/soft/slimdiffsr_soft_x8.safetensors" "$X8/aliased/slimdiffsr_aliased_x8.safetensors"
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac

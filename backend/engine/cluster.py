@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,10 @@ def _run(
     with job.failures(temp):
         try:
             stats = _raster_statistics(client, spec, job, resources, futures, cancel)
+            if stats.regime:
+                from backend.regimes import describe_mixture
+
+                facts = replace(facts, name=f"{facts.name}, {describe_mixture(stats.regime)}")
             tasks = RegionTasks(client, spec, job, stats, resources, futures)
             skipped, crs_wkt = job.write(
                 temp, facts, lambda dst: tasks.compute_and_write(dst, progress, cancel)

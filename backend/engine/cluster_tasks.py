@@ -27,6 +27,7 @@ from backend.engine.regions import Region, Seam
 
 if TYPE_CHECKING:
     from backend.inference import ColorStats, GlobalStatistics, SuperResolver
+    from backend.regimes import Mixture
 
 
 @dataclass(frozen=True)
@@ -77,23 +78,27 @@ def model_info(spec: ModelSpec) -> dict[str, Any]:
 @dataclass(frozen=True)
 class RasterStatistics:
     """What every region must share so that the cluster computes the local engine's picture:
-    the network's global statistics and the colour-match statistics."""
+    the experts' mixture (degradation-aware weights), the network's global statistics and
+    the colour-match statistics."""
 
     network: GlobalStatistics | None
     color: list[ColorStats]
+    regime: Mixture | None = None
 
 
 def raster_statistics(
     spec: ModelSpec, plan: TilePlan, info: SourceInfo, radiometry: Radiometry
 ) -> RasterStatistics:
-    """The raster's network and colour-match statistics, gathered as the local engine
-    gathers them (one pass over the raster or its reduced copy, whatever the regions)."""
-    from backend.engine.model import ModelStep, gather_statistics
+    """The raster's expert mixture, network and colour-match statistics, gathered as the
+    local engine gathers them (one pass over the raster or its reduced copy, whatever the
+    regions)."""
+    from backend.engine.model import ModelStep, adapt_to_raster, gather_statistics
 
-    step = ModelStep(worker_model(spec)[0], radiometry)
     with gdal_env():
+        resolver = adapt_to_raster(info, radiometry, worker_model(spec)[0])
+        step = ModelStep(resolver, radiometry)
         gather_statistics(plan, info, step)
-    return RasterStatistics(step.statistics, list(step.stats))
+    return RasterStatistics(step.statistics, list(step.stats), resolver.regime)
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
     from backend.engine.run import _run_batch
 
     plan, info = job.plan, job.info
-    step = ModelStep(worker_model(job.spec)[0], job.radiometry)
+    step = ModelStep(worker_model(job.spec)[0].for_regime(job.stats.regime), job.radiometry)
     step.statistics = job.stats.network
     step.stats = list(job.stats.color)
     channels = len(info.bands)

@@ -32,6 +32,7 @@ from backend.engine.reader import SourceInfo, TileReader
 from backend.inference import ColorStats, InferenceError, SuperResolver
 from backend.model.global_context import GlobalStatistics
 from backend.radiometry import split_range
+from backend.regimes import crop_positions
 from backend.weights import LoadedWeights, WeightsError, default_weights_path, load_weights
 
 ModelLike = SuperResolver | LoadedWeights | str | Path | None
@@ -65,6 +66,25 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
         return SuperResolver.from_weights(model, options.device, options.precision), model.description
     except (WeightsError, InferenceError) as exc:
         raise EngineError(str(exc)) from None
+
+
+def adapt_to_raster(info: SourceInfo, radiometry: Radiometry, resolver: SuperResolver) -> SuperResolver:
+    """The resolver for this raster: with degradation-aware weights, the experts mixed as
+    the estimator finds the raster's degradation (:mod:`backend.regimes`), from crops at
+    its own resolution on a fixed grid (so the same for every tile size); otherwise the
+    resolver itself. Crops that hold nodata are passed over (its fill is no evidence);
+    without any crop left, the file's own network runs."""
+    if resolver.experts is None:
+        return resolver
+    crops = []
+    with TileReader(info, radiometry) as reader:
+        for row, col, side in crop_positions(info.height, info.width):
+            tile = reader.read_tile(Window(-1, 0, 0, row, col, side, side))
+            if tile.lr is not None and tile.valid.all():
+                crops.append(tile.lr[0])
+    if not crops:
+        return resolver
+    return resolver.for_regime(resolver.estimate_regime(np.stack(crops)))
 
 
 @dataclass

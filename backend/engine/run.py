@@ -74,10 +74,13 @@ def upscale_raster(
         # Imported only now: a bad path or input is refused in a fraction of a second instead
         # of after the seconds torch takes to load.
         from backend.engine.calibration import calibrate_on_raster
-        from backend.engine.model import ModelStep, gather_statistics, resolve_model
+        from backend.engine.model import ModelStep, adapt_to_raster, gather_statistics, resolve_model
 
         resolver, model_name = resolve_model(model, options)
         plan = job.plan_for(_model_facts(resolver, model_name))
+        resolver = adapt_to_raster(job.info, job.radiometry, resolver)  # degradation-aware weights
+        if resolver.regime_description:
+            model_name = f"{model_name}, {resolver.regime_description}"
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):

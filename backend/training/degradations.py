@@ -78,14 +78,15 @@ class BicubicDegradation(Degradation):
 
 
 def make_degrader(name: str, scale: int) -> Degradation:
-    """``bicubic``, ``sensor`` (remote-sensing PSF, reductions, noise, JPEG) or
-    ``realesrgan`` (the paper's second-order pipeline)."""
+    """``bicubic``, ``sensor`` (remote-sensing PSF, reductions, noise, JPEG), one of its
+    regimes alone (``sensor-soft``, ``sensor-aliased``) or ``realesrgan`` (the paper's
+    second-order pipeline)."""
     if name == "bicubic":
         return BicubicDegradation(scale)
-    if name == "sensor":
-        from backend.training.sensor_degradation import SensorDegradation
+    if name.startswith("sensor"):
+        from backend.training.sensor_degradation import REGIMES, SensorDegradation
 
-        return SensorDegradation(scale)
+        return SensorDegradation(scale, REGIMES.get(name.removeprefix("sensor-")))
     if name == "realesrgan":
         from backend.training.realesrgan import RealESRGANDegradation
 

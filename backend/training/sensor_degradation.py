@@ -59,6 +59,56 @@ class SensorSettings:
     jpeg_quality: tuple[float, float] = (70.0, 95.0)
 
 
+def _only(*modes: str) -> tuple[float, ...]:
+    """Reduction probabilities: the given :data:`REDUCTIONS` modes, equally likely."""
+    return tuple(1.0 if m in modes else 0.0 for m in REDUCTIONS)
+
+
+REGIMES = {
+    # A clean product: resampled with an antialiasing filter (or integrated over the
+    # detector) from a sharp image, at most a trace of blur, noise and compression.
+    "clean": SensorSettings(
+        clean_prob=0.0,
+        psf_prob=0.3,
+        psf_sigma=(0.02, 0.15),
+        reduction_probs=(0.25, 0.5, 0.25, 0.0, 0.0),
+        noise_prob=0.3,
+        noise_max=1.5,
+        jpeg_prob=0.2,
+        jpeg_quality=(90.0, 98.0),
+    ),
+    # A soft product: the optics' and detector's blur integrated over the detector (area),
+    # sensor noise and JPEG; what most satellite and aerial products look like.
+    "soft": SensorSettings(
+        clean_prob=0.0,
+        psf_prob=1.0,
+        psf_sigma=(0.3, 0.6),
+        reduction_probs=_only("area"),
+        noise_prob=0.9,
+        noise_max=3.0,
+        jpeg_prob=0.7,
+        jpeg_quality=(75.0, 95.0),
+    ),
+    # An undersampled product: little blur, sampled without an antialiasing filter at an
+    # arbitrary phase (cv2.resize, GDAL's cubic/bilinear overviews, undersampled sensors),
+    # so fine patterns alias; light noise and JPEG.
+    "aliased": SensorSettings(
+        clean_prob=0.0,
+        psf_prob=0.5,
+        psf_sigma=(0.05, 0.25),
+        reduction_probs=_only("bicubic-point", "bilinear-point"),
+        shift_prob=0.7,
+        noise_prob=0.5,
+        noise_max=2.0,
+        jpeg_prob=0.3,
+        jpeg_quality=(80.0, 95.0),
+    ),
+}
+"""The regimes a degradation-aware model has one expert for, as ``SensorSettings``;
+``sensor-<regime>`` in training (the clean expert is trained on the benchmark's
+antialiased bicubic reduction, which this clean regime contains)."""
+
+
 class SensorDegradation(RandomDegradation[SensorSettings]):
     """Remote-sensing LR synthesis, drawn per image (see the module docstring)."""
 

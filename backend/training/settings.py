@@ -19,7 +19,7 @@ from typing import Any
 from backend.training.cli_fields import choices_of, cli
 
 SAMPLINGS = ("area", "sqrt-area")
-DEGRADATIONS = ("bicubic", "sensor", "realesrgan")
+DEGRADATIONS = ("bicubic", "sensor", "sensor-clean", "sensor-soft", "sensor-aliased", "realesrgan")
 # The exported weights' name when --name is not given, by training method.
 EXPORT_NAMES = {
     "supervised": "slimdiffsr_x{scale}",
@@ -158,7 +158,8 @@ class TrainSettings:
     degradation: str = field(
         default="bicubic",
         metadata=cli(
-            "LR synthesis: the benchmark, sensor-like, or the paper's Real-ESRGAN pipeline",
+            "LR synthesis: the benchmark, sensor-like (all regimes, or the clean, soft or aliased "
+            "regime alone), or the paper's Real-ESRGAN pipeline",
             choices=DEGRADATIONS,
             group="data",
         ),
