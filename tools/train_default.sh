@@ -78,8 +78,12 @@ stage() {  # run-folder name init steps crop batch lr warmup seed [extra trainer
 }
 
 estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone if interrupted)
-  [[ -f $ESTIMATOR ]] && return 0
-  "$PY" -m backend.default_model estimator --shared "$SHARED" --seed 2031 --out "$ESTIMATOR"
+  # A lock: SCALE=4 and SCALE=8 calls side by side train it once; the later one waits.
+  mkdir -p "$(dirname "$ESTIMATOR")"
+  (
+    flock 9
+    [[ -f $ESTIMATOR ]] || "$PY" -m backend.default_model estimator --shared "$SHARED" --seed 2031 --out "$ESTIMATOR"
+  ) 9>"$ESTIMATOR.lock"
 }
 
 ship() {  # clean soft aliased weights -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
