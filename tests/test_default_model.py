@@ -70,10 +70,14 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
     assert not (tmp_path / "never.safetensors").exists()
 
 
-# PSNR-Y gain over bicubic on ../shared/data/eval under the clean antialiased bicubic
-# reduction that the shipped weights were trained on (measured: +1.04 dB at x4, +0.68 at
-# x8; MODEL_CARD.md).
-CLEAN_TARGET = {4: 1.0, 8: 0.6}
+# PSNR-Y gain over bicubic on ../shared/data/eval (MODEL_CARD.md has the measured values):
+# under the clean antialiased bicubic reduction and under the fixed, seeded realistic
+# degradation (blur, reduction, noise, JPEG: backend/degradation.py).
+CLEAN_TARGET = {4: 1.0, 8: 0.5}
+REALISTIC_TARGET = {4: 0.8, 8: 0.4}
+# Reductions a raster may have gone through (x4): the shipped model is better than bicubic
+# on average under each and never more than 0.1 dB below it on any raster.
+PLAIN_REDUCTIONS = ("bicubic", "bicubic-point", "bilinear", "area")
 
 
 @pytest.fixture(scope="module", params=[4, 8])
@@ -86,34 +90,50 @@ def test_bundled_model_is_described(bundled_report: dict) -> None:
     scale = bundled_report["scale"]
     loaded = load_weights(default_weights_path(scale))
     assert loaded.scale == scale and loaded.model.config == COMPACT_STUDENT
-    assert loaded.color_match is False and loaded.lr_consistency is True
+    assert loaded.color_match is False
     assert default_weights_path(scale).stat().st_size < 20 * 1024 * 1024
     if scale == 8:
-        assert loaded.metadata["training"]["started_from"] != "random initialisation"
+        assert loaded.metadata["training"]["clean"]["started_from"] != "random initialisation"
+    # Degradation-aware: one network per LR regime and the estimator that mixes them.
+    assert loaded.experts is not None and loaded.experts.names == ("clean", "soft", "aliased")
     # Recorded margin (9 / 16 output px when measured) -> the engine's 64 px default overlap.
     assert loaded.receptive_margin == measure_margin(loaded)
     assert 0 < loaded.receptive_margin < 32 and default_overlap(scale, loaded.receptive_margin) == 64 // scale
 
 
-def test_bundled_model_beats_bicubic_on_clean_reduction(bundled_report: dict) -> None:
+def test_bundled_model_beats_bicubic_on_clean_and_realistic_lr(bundled_report: dict) -> None:
     scale = bundled_report["scale"]
     g = gains(bundled_report)
-    assert g["bicubic"]["mean"] > CLEAN_TARGET[scale], g
-    assert min(g["bicubic"]["per_raster"]) > 0, g
+    assert g["bicubic"]["mean"] >= CLEAN_TARGET[scale], g
+    assert g["realistic"]["mean"] >= REALISTIC_TARGET[scale], g
+    assert min(g["bicubic"]["per_raster"]) > 0 and min(g["realistic"]["per_raster"]) > 0, g
     metrics = bundled_report["metrics"]
     assert metrics["bicubic/model"]["ssim_y"] > metrics["bicubic/bicubic"]["ssim_y"]
 
 
+def test_bundled_model_is_robust_to_the_reduction(bundled_report: dict) -> None:
+    """Point-sampled (aliased) LR made the clean-only network ring (-2.3 dB at x4); the
+    experts mixed per raster keep every plain reduction above bicubic."""
+    if bundled_report["scale"] != 4:
+        pytest.skip("the reduction sweep is an x4 acceptance; x8 is reported in the model card")
+    g = gains(bundled_report)
+    for kind in PLAIN_REDUCTIONS:
+        assert g[kind]["mean"] > 0 and min(g[kind]["per_raster"]) >= -0.1, (kind, g[kind])
+
+
 def test_evaluation_reports_every_reduction_per_raster(bundled_report: dict) -> None:
     """The model card shows the model under the realistic degradation and the plain
-    reductions too, per raster, with and without its LR-consistency step; the realistic
-    LR costs bicubic more than the clean reduction does."""
+    reductions too, per raster, with and without the LR-consistency step, and the regime
+    mixture the estimator chose for each LR image."""
     g = gains(bundled_report)
     assert set(g) == set(EVAL_DEGRADATIONS)
     n = len(bundled_report["images"])
     assert n == 6 and all(len(v["per_raster"]) == n for v in g.values())
+    assert all(len(bundled_report["regimes"][kind]) == n for kind in EVAL_DEGRADATIONS)
     metrics = bundled_report["metrics"]
     assert metrics["realistic/bicubic"]["psnr_y"] < metrics["bicubic/bicubic"]["psnr_y"] - 0.5
+    # The step assumes the antialiased kernel: it ships off because it costs on another
+    # reduction (it would stay only where it helps under all of them).
     with_step, without = gains(bundled_report, "with-lr-consistency"), gains(bundled_report, "network-alone")
-    # the shipped step helps on the kernel it assumes
-    assert with_step["bicubic"]["mean"] >= without["bicubic"]["mean"]
+    assert load_weights(default_weights_path(bundled_report["scale"])).lr_consistency is False
+    assert min(with_step[k]["mean"] - without[k]["mean"] for k in EVAL_DEGRADATIONS) < 0
