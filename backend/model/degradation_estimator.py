@@ -18,7 +18,7 @@ crops' log-probabilities are averaged (:meth:`DegradationEstimator.estimate`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -67,6 +67,20 @@ class DegradationEstimator(nn.Module):
         f = self.features(x)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
         return self.head(pooled)
+
+    def restricted(self, regimes: tuple[str, ...]) -> DegradationEstimator:
+        """The same estimator over a subset of its regimes (their rows of the head): its
+        probabilities are this one's given that the raster is one of ``regimes``. For a
+        file that ships experts for only some of the regimes the estimator knows."""
+        unknown = set(regimes) - set(self.config.regimes)
+        if unknown or not regimes:
+            raise ValueError(f"regimes {regimes} are not a subset of {self.config.regimes}")
+        rows = [self.config.regimes.index(r) for r in regimes]
+        out = DegradationEstimator(replace(self.config, regimes=tuple(regimes)))
+        state = self.state_dict()
+        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        out.load_state_dict(state)
+        return out.eval().requires_grad_(False)
 
     @torch.inference_mode()
     def estimate(self, crops: torch.Tensor) -> dict[str, float]:
