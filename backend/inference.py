@@ -198,6 +198,7 @@ class SuperResolver:
         auto_int8: bool | None = None,
         experts: RegimeExperts | None = None,
         regime: Mixture | None = None,
+        name: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -232,6 +233,8 @@ class SuperResolver:
         # in ``_by_regime`` (a raster batch mostly repeats a few).
         self.experts = experts
         self.regime = regime
+        # The weights' own description (reports, the output's SLIMDIFFSR_MODEL tag).
+        self.name = name
         self._by_regime: dict[Mixture, SuperResolver] = {}
         self._regime_lock = threading.Lock()
         # Whether 'auto' calibrates an int8 candidate: by default where the CPU has int8
@@ -258,6 +261,7 @@ class SuperResolver:
             receptive_margin=loaded.receptive_margin,
             runtime=runtime,
             experts=loaded.experts,
+            name=loaded.description,
         )
 
     # -- degradation-aware weights -------------------------------------------------------
@@ -295,6 +299,7 @@ class SuperResolver:
                     runtime=self._runtime_wanted,
                     auto_int8=self._auto_int8,
                     regime=mixture,
+                    name=self.name,
                 )
             self._by_regime[mixture] = cached  # most recent last
             while len(self._by_regime) > REGIME_CACHE:

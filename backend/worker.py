@@ -274,7 +274,8 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     # reported as done, never deleted (the previous file at that path is already replaced,
     # so deleting would lose both).
     result: dict[str, Any] = jsonable(report)
-    result["model"] = model_name or report.model
+    # The engine's name: the weights' own, with the expert mixture chosen for this raster.
+    result["model"] = report.model or model_name
     return result
 
 

@@ -153,6 +153,15 @@ def test_engine_mixes_once_per_raster_whatever_the_tile_size(
         lr = torch.from_numpy(ds.read().astype(np.float32) / 255)[None]
     expected = resolver.for_regime(resolver.estimate_regime(image_crops(lr))).regime_description
     assert expected.split(" (")[0] in tags[0]
+    # A resolver passed in (as the plugin's worker does) keeps the weights' name; the report,
+    # the tag and the log name the mixture.
+    said: list[str] = []
+    out = tmp_path / "out_resolver.tif"
+    report = upscale_raster(src, out, resolver, UpscaleOptions(device="cpu"), log=said.append)
+    assert report.model == f"nano experts (x4), {expected}"
+    with rasterio.open(out) as ds:
+        assert report.model in json.dumps(ds.tags())
+    assert f"degradation estimate: {expected}" in said
 
 
 @pytest.mark.slow

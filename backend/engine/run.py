@@ -62,7 +62,8 @@ def upscale_raster(
 
     With ``options.scheduler`` the same plan runs on a Dask cluster
     (:mod:`backend.engine.cluster`; ``log`` then receives the cluster's address, workers
-    and devices); without, on this process's threads, and dask is never imported.
+    and devices); without, on this process's threads, and dask is never imported. ``log``
+    also receives the expert mixture chosen for the raster (degradation-aware weights).
     """
     options = options or UpscaleOptions()
     if options.scheduler:
@@ -81,6 +82,8 @@ def upscale_raster(
         resolver = adapt_to_raster(job.info, job.radiometry, resolver)  # degradation-aware weights
         if resolver.regime_description:
             model_name = f"{model_name}, {resolver.regime_description}"
+            if log:
+                log(f"degradation estimate: {resolver.regime_description}")
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):
