@@ -359,18 +359,19 @@ def measure_margin(loaded: LoadedWeights, size: int = 192, tile: int = 128) -> i
     return margin
 
 
-def _pair(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
+def _pair(text: str) -> tuple[str, str]:
+    """'REGIME=VALUE' (the --expert and --prior options) -> (regime, value)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
         raise SystemExit(f"error: --expert and --prior want REGIME=VALUE, not {text!r}")
-    return name, Path(path)
+    return name, value
 
 
-def _number(value: Path) -> float:
+def _log_odds(value: str) -> float:
     try:
-        return float(str(value))
+        return float(value)
     except ValueError:
-        raise SystemExit(f"error: --prior wants a number of log-odds, not {str(value)!r}") from None
+        raise SystemExit(f"error: --prior wants a number of log-odds, not {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0
     if args.command == "finalize":
-        experts = dict(_pair(e) for e in args.expert)
+        experts = {name: Path(value) for name, value in map(_pair, args.expert)}
         estimator = Path(args.estimator) if args.estimator else None
-        prior = {name: _number(value) for name, value in map(_pair, args.prior)}
+        prior = {name: _log_odds(value) for name, value in map(_pair, args.prior)}
         out = finalize(
             Path(args.trained), Path(args.out), not args.no_lr_consistency, experts, estimator, prior
         )

@@ -472,6 +472,13 @@ class SuperResolver:
         return f"{describe_device(self.device)}, {runtime}{self.precision}"
 
     @property
+    def title(self) -> str:
+        """The model as reports and the output's tag name it: the weights' description, and
+        for degradation-aware weights the expert mixture it runs."""
+        name = self.name or f"SlimDiffSR student (x{self.scale})"
+        return f"{name}, {self.regime_description}" if self.regime_description else name
+
+    @property
     def regime_description(self) -> str:
         """'' (one network), or 'for soft imagery (soft 0.8, clean 0.2)'."""
         if self.regime is None:

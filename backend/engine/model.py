@@ -52,7 +52,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
                     f"the model runs at x{model.scale} but x{options.scale} was requested; "
                     f"use scale {model.scale}"
                 )
-            return model, model.name or f"SlimDiffSR student (x{model.scale})"
+            return model, model.title
         if not isinstance(model, LoadedWeights):
             path = model if model is not None else options.weights
             if path is None:

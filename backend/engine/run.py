@@ -77,19 +77,17 @@ def upscale_raster(
         from backend.engine.calibration import calibrate_on_raster
         from backend.engine.model import ModelStep, adapt_to_raster, gather_statistics, resolve_model
 
-        resolver, model_name = resolve_model(model, options)
-        plan = job.plan_for(_model_facts(resolver, model_name))
+        resolver, _ = resolve_model(model, options)
+        plan = job.plan_for(_model_facts(resolver))
         resolver = adapt_to_raster(job.info, job.radiometry, resolver)  # degradation-aware weights
-        if resolver.regime_description:
-            model_name = f"{model_name}, {resolver.regime_description}"
-            if log:
-                log(f"degradation estimate: {resolver.regime_description}")
+        if log and resolver.regime_description:
+            log(f"degradation estimate: {resolver.regime_description}")
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):
             calibrate_on_raster(plan, job.info, step)  # int8 on CPUs without bf16 (precision auto/int8)
             cache = gather_statistics(plan, job.info, step)  # shared by every tile
-            ran = _model_facts(resolver, model_name)  # after calibration: the precision it runs at
+            ran = _model_facts(resolver)  # after calibration: the precision it runs at
             skipped, crs_wkt = job.write(
                 temp,
                 ran,
@@ -102,9 +100,9 @@ def upscale_raster(
     return job.report(ran, skipped, crs_wkt, resolver.description)
 
 
-def _model_facts(resolver: SuperResolver, name: str) -> ModelFacts:
+def _model_facts(resolver: SuperResolver) -> ModelFacts:
     return ModelFacts(
-        name,
+        resolver.title,
         resolver.scale,
         resolver.model.config.vae_channels,
         resolver.multiple,
