@@ -261,12 +261,10 @@ def finalize(
             raise SystemExit("error: experts need the degradation estimator (--estimator)")
         model, summary = load_estimator(estimator)
         if prior:
-            unknown = set(prior) - set(model.config.regimes)
-            if unknown:
-                raise SystemExit(f"error: --prior for unknown regime(s) {', '.join(sorted(unknown))}")
-            with torch.no_grad():
-                for i, name in enumerate(model.config.regimes):
-                    model.head.bias[i] += prior.get(name, 0.0)
+            try:
+                model = model.with_prior(prior)
+            except ValueError as exc:
+                raise SystemExit(f"error: --prior: {exc}") from None
             summary = {**summary, "prior": {k: float(v) for k, v in prior.items()}}
         states = {"clean": loaded.model.state_dict()}
         runs: dict[str, object] = {}
@@ -412,6 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--shared", default="../shared")
     t.add_argument("--seed", type=int, default=2031, help="the experts' split seed (same held-out files)")
     t.add_argument("--out", required=True)
+    r = sub.add_parser(
+        "router", help="train the router (which mixture of the experts per raster) for a file with experts"
+    )
+    r.add_argument("weights", help="a file finalized with --expert (its experts label the crops)")
+    r.add_argument("--shared", default="../shared")
+    r.add_argument("--seed", type=int, default=2031, help="the experts' split seed (same held-out files)")
+    r.add_argument("--train-crops", type=int, default=2000)
+    r.add_argument("--val-crops", type=int, default=300, help="crops of the held-out files (its report)")
+    r.add_argument("--cache", required=True, help="folder for the labelled crops (a rerun resumes from it)")
+    r.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
     e.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     e.add_argument("--weights", help="default: the bundled model for --scale")
@@ -457,6 +465,18 @@ def main(argv: list[str] | None = None) -> int:
 
         model, summary = train_estimator(
             Path(args.shared) / "data" / "train", EstimatorSettings(seed=args.seed)
+        )
+        print(json.dumps(summary))
+        print(f"wrote {save_estimator(model, Path(args.out), summary)}")
+        return 0
+    if args.command == "router":
+        from backend.training.router import RouterSettings, train_router
+
+        model, summary = train_router(
+            Path(args.shared) / "data" / "train",
+            _complete(Path(args.weights)),
+            RouterSettings(seed=args.seed, train_crops=args.train_crops, val_crops=args.val_crops),
+            Path(args.cache),
         )
         print(json.dumps(summary))
         print(f"wrote {save_estimator(model, Path(args.out), summary)}")

@@ -4,9 +4,11 @@ A weights file may carry, besides its network, the weights of the same network t
 for other regimes of low-resolution imagery (``regime.<name>.<tensor>``) and a
 :class:`~backend.model.degradation_estimator.DegradationEstimator` (``estimator.<tensor>``).
 The experts are fine-tuned from one network, so their weights lie close together and a
-weighted mean of them is a network between them (as model soups); the estimator's
-probabilities for the raster are those weights. The mixed network has the size and speed
-of one expert, and one mixture serves every tile of a raster, so the tiles agree.
+weighted mean of them is a network between them (as model soups); the estimator gives
+the weights: a classifier's probabilities for the raster, or the candidate mixture a
+router predicts to gain most (:mod:`backend.model.degradation_estimator`). The mixed
+network has the size and speed of one expert, and one mixture serves every tile of a
+raster, so the tiles agree.
 
 Probabilities are rounded to :data:`MIXTURE_STEP` (an estimate that moves by a hair
 between two rasters gives the same network, which then need not be built again), and

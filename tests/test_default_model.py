@@ -71,17 +71,17 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
 
 
 # PSNR-Y gain over bicubic on ../shared/data/eval (MODEL_CARD.md has the measured values,
-# x4 / x8: clean +0.96 / +0.63, realistic +0.14 / +0.31, every raster above bicubic under
+# x4 / x8: clean +0.53 / +0.63, realistic +0.36 / +0.31, every raster above bicubic under
 # both): regression bounds under the clean antialiased bicubic reduction and the fixed,
 # seeded realistic degradation (blur, reduction, noise, JPEG: backend/degradation.py).
-CLEAN_TARGET = {4: 0.9, 8: 0.55}
-REALISTIC_TARGET = {4: 0.1, 8: 0.25}
+CLEAN_TARGET = {4: 0.45, 8: 0.55}
+REALISTIC_TARGET = {4: 0.3, 8: 0.25}
 # Reductions a raster may have gone through: the shipped model is better than bicubic on
 # average under each, and no raster falls far below it (measured worst: x4 -0.16 dB under
 # area reduction, x8 above bicubic everywhere; the clean-only network lost 2-3.4 dB on
 # every raster under point sampling).
-PLAIN_REDUCTIONS = ("bicubic", "bicubic-point", "bilinear", "area")
-SHIPPED_REGIMES = {4: ("clean", "aliased"), 8: ("clean", "soft", "aliased")}
+PLAIN_REDUCTIONS = ("bicubic", "bicubic-point", "bilinear", "bilinear-point", "area")
+SHIPPED_REGIMES = {4: ("clean", "soft", "aliased"), 8: ("clean", "soft", "aliased")}
 
 
 @pytest.fixture(scope="module", params=[4, 8])
@@ -132,10 +132,15 @@ def test_evaluation_reports_every_reduction_per_raster(bundled_report: dict) -> 
     n = len(bundled_report["images"])
     assert n == 6 and all(len(v["per_raster"]) == n for v in g.values())
     assert all(len(bundled_report["regimes"][kind]) == n for kind in EVAL_DEGRADATIONS)
-    # The estimator knows point-sampled LR on every raster (its held-out crop accuracy was 0.83).
+    # Point-sampled LR goes to the aliased expert on every raster.
     assert all(r.startswith("for aliased imagery") for r in bundled_report["regimes"]["bicubic-point"])
     estimator = load_weights(default_weights_path(bundled_report["scale"])).metadata["training"]["estimator"]
-    assert estimator["held_out_crop_accuracy"] > 0.75
+    if estimator.get("kind") == "router":
+        # Its choices on the held-out files' crops beat the classifier's, short of the oracle.
+        held = estimator["held_out_crops"]
+        assert held["classifier_choice_gain_db"] < held["chosen_gain_db"] < held["oracle_gain_db"]
+    else:
+        assert estimator["held_out_crop_accuracy"] > 0.75
     metrics = bundled_report["metrics"]
     assert metrics["realistic/bicubic"]["psnr_y"] < metrics["bicubic/bicubic"]["psnr_y"] - 0.5
     # The step assumes the antialiased kernel: it ships off because it costs on another

@@ -15,13 +15,15 @@
 # from it (squared error, 256/384 px crops, seed 2031):
 #   aliased: --degradation sensor-aliased (point sampling at a random phase), x4 2000
 #            steps, x8 1000 steps, build/default_x$SCALE/aliased;
-#   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x8 1000
-#            steps, build/default_x8/soft (x4's soft expert is not shipped: MODEL_CARD.md);
-# and the degradation estimator that mixes them per raster (shared by both scales,
-# minutes), build/estimator. The shipped file holds the networks and the estimator
-# (backend/regimes.py; x8 with the estimator's aliased log-odds shifted by -2, chosen on
-# the held-out training files); it runs without the LR-consistency step (which assumes
-# the antialiased kernel, and hurts on the other regimes).
+#   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x4 2500
+#            steps, x8 1000 steps, build/default_x$SCALE/soft;
+# then the degradation classifier (shared by both scales, minutes), build/estimator, and
+# per scale the router that picks the experts' mixture per raster: crops of the training
+# files labelled with each candidate mixture's PSNR gain (resumable, cached in
+# build/default_x$SCALE/router_cache; about 16 min for x4's 2000 crops, 30 for x8's 800
+# on 2 cores), then a short training from the classifier's features. The shipped file holds the networks and
+# the router (backend/regimes.py, backend/training/router.py); it runs without the
+# LR-consistency step (which assumes the antialiased kernel, and hurts on the other regimes).
 # CLEAN=<weights> starts from an existing clean network (the shipped file's own, e.g.
 # CLEAN=build/shipped_x4_clean.safetensors) instead of training stages 1-3 again.
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
@@ -87,12 +89,19 @@ estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone 
   ) 9>"$ESTIMATOR.lock"
 }
 
-ship() {  # clean weights, finalize options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  local clean=$1
+ship() {  # clean weights, expert options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
+  local clean=$1 run=build/default_x$SCALE
   shift
+  # The experts with the classifier first: the router learns from that file's experts and
+  # starts from its classifier's features.
+  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
+    "$run/experts_x$SCALE.safetensors" --no-lr-consistency --estimator "$ESTIMATOR" "$@"
+  [[ -f $run/router_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
+    "$run/experts_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
+    --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --out "$run/router_x$SCALE.safetensors"
   SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
-    --estimator "$ESTIMATOR" "$@"
+    --estimator "$run/router_x$SCALE.safetensors" "$@"
 }
 
 case "$SCALE" in
@@ -108,10 +117,14 @@ case "$SCALE" in
       stage "$X4_LARGE" slimdiffsr_default_x4 "$X4_PSNR/slimdiffsr_default_x4.safetensors" \
         "${LARGE_STEPS:-4000}" 256 2 1e-4 50 2028 --l1 0 --mse 1 --sampling sqrt-area
     fi
+    DEGRADATION=sensor-soft stage "$X4/soft" slimdiffsr_soft_x4 "$clean" \
+      "${SOFT_STEPS:-2500}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     DEGRADATION=sensor-aliased stage "$X4/aliased" slimdiffsr_aliased_x4 "$clean" \
       "${EXPERT_STEPS:-2000}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ship "$clean" --expert "aliased=$X4/aliased/slimdiffsr_aliased_x4.safetensors"
+    ROUTER_CROPS=2000 ROUTER_VAL_CROPS=300 ship "$clean" \
+      --expert "soft=$X4/soft/slimdiffsr_soft_x4.safetensors" \
+      --expert "aliased=$X4/aliased/slimdiffsr_aliased_x4.safetensors"
     ;;
   8)
     clean=${CLEAN:-$X8_LARGE/slimdiffsr_default_x8.safetensors}
@@ -126,8 +139,9 @@ case "$SCALE" in
     DEGRADATION=sensor-aliased stage "$X8/aliased" slimdiffsr_aliased_x8 "$clean" \
       "${EXPERT_STEPS:-1000}" 384 1 1e-4 50 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ship "$clean" --expert "soft=$X8/soft/slimdiffsr_soft_x8.safetensors" \
-      --expert "aliased=$X8/aliased/slimdiffsr_aliased_x8.safetensors" --prior aliased=-2
+    ROUTER_CROPS=800 ROUTER_VAL_CROPS=100 ship "$clean" \
+      --expert "soft=$X8/soft/slimdiffsr_soft_x8.safetensors" \
+      --expert "aliased=$X8/aliased/slimdiffsr_aliased_x8.safetensors"
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac

@@ -14,10 +14,19 @@ convolutions first (blur, aliasing, noise and JPEG blocks live in the finest pix
 strided stage, then mean and max pooling, so the sharpest edges of a crop (which show its
 point-spread function best) count as much as its average texture. Per raster, the
 crops' log-probabilities are averaged (:meth:`DegradationEstimator.estimate`).
+
+The same network can instead predict, per crop, the PSNR gain of each of a few candidate
+mixtures of the experts (``EstimatorConfig.mixtures``; trained by
+:mod:`backend.training.router`): the raster then gets the candidate with the highest
+mean predicted gain. A regime's probability is not the best weight to mix by: area
+reduction is "clean", yet a little of the aliased expert does better on it, and the
+experts' costs where they are wrong differ by dB. Predicting the gains learns those
+trade-offs from the experts' own results instead of a hand-set prior.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -31,9 +40,22 @@ class EstimatorConfig:
     regimes: tuple[str, ...] = ("clean", "soft", "aliased")
     channels: int = 32
     fine_layers: int = 4  # 3x3 convolutions at the crop's resolution
+    # Empty: the head gives each regime's logit (a classifier). Otherwise the candidate
+    # mixtures (regime, weight) whose PSNR gains the head predicts (a router).
+    mixtures: tuple[tuple[tuple[str, float], ...], ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What the head's rows stand for: the regimes, or the candidate mixtures."""
+        if not self.mixtures:
+            return self.regimes
+        return tuple("+".join(f"{k} {w:g}" for k, w in m) for m in self.mixtures)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.mixtures:
+            out.pop("mixtures")  # classifier files stay as they were
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> EstimatorConfig:
@@ -45,11 +67,32 @@ class EstimatorConfig:
         channels, layers = data["channels"], data["fine_layers"]
         if not isinstance(channels, int) or not isinstance(layers, int) or channels < 1 or layers < 1:
             raise ValueError("'channels' and 'fine_layers' must be positive integers")
-        return cls(regimes=tuple(regimes), channels=channels, fine_layers=layers)
+        raw = data.get("mixtures") or ()
+        if not isinstance(raw, list | tuple):
+            raise ValueError("'mixtures' must be a list of candidate mixtures")
+        mixtures = tuple(_mixture(m, tuple(regimes)) for m in raw)
+        return cls(regimes=tuple(regimes), channels=channels, fine_layers=layers, mixtures=mixtures)
+
+
+def _mixture(value: object, regimes: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """One candidate mixture from JSON ([[regime, weight], ...]), checked."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("each of 'mixtures' must be a non-empty list of [regime, weight]")
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or pair[0] not in regimes:
+            raise ValueError(f"mixture entry {pair!r} is not [one of {list(regimes)}, weight]")
+        if not isinstance(pair[1], int | float) or not 0 < pair[1] <= 1:
+            raise ValueError(f"mixture weight {pair[1]!r} is not in (0, 1]")
+        pairs.append((str(pair[0]), float(pair[1])))
+    if abs(sum(w for _, w in pairs) - 1) > 1e-6:
+        raise ValueError(f"mixture {value!r} does not sum to 1")
+    return tuple(sorted(pairs))
 
 
 class DegradationEstimator(nn.Module):
-    """LR crops [B, 3, h, w] in [-1, 1] -> logits [B, regimes]."""
+    """LR crops [B, 3, h, w] in [-1, 1] -> logits [B, regimes] (a classifier) or predicted
+    PSNR gains in dB [B, mixtures] (a router: ``config.mixtures``)."""
 
     def __init__(self, config: EstimatorConfig | None = None) -> None:
         super().__init__()
@@ -61,7 +104,7 @@ class DegradationEstimator(nn.Module):
         layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU()]
         layers += [nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU()]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(4 * c, len(self.config.regimes))
+        self.head = nn.Linear(4 * c, len(self.config.outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -69,25 +112,59 @@ class DegradationEstimator(nn.Module):
         return self.head(pooled)
 
     def restricted(self, regimes: tuple[str, ...]) -> DegradationEstimator:
-        """The same estimator over a subset of its regimes (their rows of the head): its
-        probabilities are this one's given that the raster is one of ``regimes``. For a
-        file that ships experts for only some of the regimes the estimator knows."""
+        """The same estimator over a subset of its regimes: a classifier keeps their rows
+        of the head (its probabilities given that the raster is one of ``regimes``), a
+        router the candidate mixtures made of them only. For a file that ships experts
+        for only some of the regimes the estimator knows."""
         unknown = set(regimes) - set(self.config.regimes)
         if unknown or not regimes:
             raise ValueError(f"regimes {regimes} are not a subset of {self.config.regimes}")
-        rows = [self.config.regimes.index(r) for r in regimes]
-        out = DegradationEstimator(replace(self.config, regimes=tuple(regimes)))
+        if self.config.mixtures:
+            keep = [i for i, m in enumerate(self.config.mixtures) if {k for k, _ in m} <= set(regimes)]
+            if not keep:
+                raise ValueError(f"no candidate mixture is made of {regimes} only")
+            mixtures = tuple(self.config.mixtures[i] for i in keep)
+            config = replace(self.config, regimes=tuple(regimes), mixtures=mixtures)
+        else:
+            keep = [self.config.regimes.index(r) for r in regimes]
+            config = replace(self.config, regimes=tuple(regimes))
+        out = DegradationEstimator(config)
         state = self.state_dict()
-        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        state["head.weight"], state["head.bias"] = state["head.weight"][keep], state["head.bias"][keep]
         out.load_state_dict(state)
+        return out.eval().requires_grad_(False)
+
+    def with_prior(self, prior: Mapping[str, float]) -> DegradationEstimator:
+        """A copy whose head is shifted per regime: log-odds for a classifier; for a
+        router, dB added to each candidate's predicted gain in proportion to the regime's
+        weight in it. A regime whose expert is costly where it is wrong can so be made to
+        need more evidence."""
+        unknown = set(prior) - set(self.config.regimes)
+        if unknown:
+            raise ValueError(f"prior for unknown regime(s) {', '.join(sorted(unknown))}")
+        if self.config.mixtures:
+            shift = [sum(w * prior.get(k, 0.0) for k, w in m) for m in self.config.mixtures]
+        else:
+            shift = [prior.get(r, 0.0) for r in self.config.regimes]
+        out = DegradationEstimator(self.config)
+        out.load_state_dict(self.state_dict())
+        with torch.no_grad():
+            out.head.bias.add_(torch.tensor(shift, dtype=out.head.bias.dtype))
         return out.eval().requires_grad_(False)
 
     @torch.inference_mode()
     def estimate(self, crops: torch.Tensor) -> dict[str, float]:
-        """Crops of one raster [K, 3, h, w] in [-1, 1] -> the probability of each regime:
-        the softmax of the crops' mean log-probability (a product of the crops' evidence)."""
+        """Crops of one raster [K, 3, h, w] in [-1, 1] -> each regime's weight.
+
+        A classifier: the softmax of the crops' mean log-probability (a product of the
+        crops' evidence). A router: the weights of the candidate mixture with the highest
+        mean predicted gain over the crops (the raster's expected gain, crop by crop)."""
         if crops.ndim != 4 or crops.shape[0] == 0:
             raise ValueError("expected a non-empty batch of crops [K, 3, h, w]")
-        logp = torch.log_softmax(self.forward(crops.float()), dim=1).mean(dim=0)
+        out = self.forward(crops.float())
+        if self.config.mixtures:
+            best = dict(self.config.mixtures[int(out.mean(dim=0).argmax())])
+            return {name: best.get(name, 0.0) for name in self.config.regimes}
+        logp = torch.log_softmax(out, dim=1).mean(dim=0)
         p = torch.softmax(logp, dim=0)
         return {name: float(v) for name, v in zip(self.config.regimes, p, strict=True)}

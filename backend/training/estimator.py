@@ -63,6 +63,39 @@ def labelled_crops(
     return torch.stack(xs), torch.tensor(ys)
 
 
+def fit(
+    model: DegradationEstimator,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    after_epoch: Callable[[int, float], None],
+) -> None:
+    """Train ``model`` on crops ``x`` [N, 3, h, w] and targets ``y`` (AdamW, one-cycle rate,
+    each batch at a random quarter turn: degradations have no orientation), calling
+    ``after_epoch(epoch, mean loss)``; every random number from ``seed``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * math.ceil(len(x) / batch_size))
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=g)
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            k = int(torch.randint(0, 4, (), generator=g))
+            loss = loss_fn(model(torch.rot90(x[idx], k, (2, 3))), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        after_epoch(epoch, total / len(x))
+
+
 def accuracy(model: DegradationEstimator, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.inference_mode():
         logits = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
@@ -81,25 +114,13 @@ def train_estimator(
     vx, vy = labelled_crops(held_out, settings.val_crops, settings, settings.seed + 1)
     log(f"{len(x)} training and {len(vx)} held-out crops drawn in {time.perf_counter() - t0:.0f} s")
     model = DegradationEstimator(EstimatorConfig(regimes=REGIME_NAMES))
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    steps = settings.epochs * math.ceil(len(x) / settings.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=steps)
-    g = torch.Generator().manual_seed(settings.seed)
-    for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=g)
-        total = 0.0
-        for i in range(0, len(x), settings.batch_size):
-            idx = order[i : i + settings.batch_size]
-            k = int(torch.randint(0, 4, (), generator=g))  # rotations: the regimes have no orientation
-            loss = F.cross_entropy(model(torch.rot90(x[idx], k, (2, 3))), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+
+    def report(epoch: int, loss: float) -> None:
         model.eval()
-        log(f"epoch {epoch + 1}: loss {total / len(x):.3f}, held-out accuracy {accuracy(model, vx, vy):.3f}")
+        log(f"epoch {epoch + 1}: loss {loss:.3f}, held-out accuracy {accuracy(model, vx, vy):.3f}")
+
+    st = settings
+    fit(model, x, y, F.cross_entropy, st.epochs, st.batch_size, st.lr, st.seed, report)
     per_regime = {
         name: round(accuracy(model, vx[vy == k], vy[vy == k]), 3) for k, name in enumerate(REGIME_NAMES)
     }
