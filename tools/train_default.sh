@@ -17,13 +17,14 @@
 #            steps, x8 1000 steps, build/default_x$SCALE/aliased;
 #   soft:    --degradation sensor-soft (PSF, detector integration, noise, JPEG), x4 2500
 #            steps, x8 1000 steps, build/default_x$SCALE/soft;
-# then the degradation classifier (shared by both scales, minutes), build/estimator, and
-# per scale the router that picks the experts' mixture per raster: crops of the training
-# files labelled with each candidate mixture's PSNR gain (resumable, cached in
-# build/default_x$SCALE/router_cache; about 16 min for x4's 2000 crops, 30 for x8's 800
-# on 2 cores), then a short training from the classifier's features. The shipped file holds the networks and
-# the router (backend/regimes.py, backend/training/router.py); it runs without the
-# LR-consistency step (which assumes the antialiased kernel, and hurts on the other regimes).
+# then the degradation classifier (shared by both scales, minutes), build/estimator. x4's
+# mixture per raster is picked by a router: crops of the training files labelled with each
+# candidate mixture's PSNR gain (resumable, cached in build/default_x4/router_cache; about
+# 16 min for 2000 crops on 2 cores), then a short training from the classifier's features
+# (backend/training/router.py). x8's is picked by the classifier, its aliased log-odds
+# shifted by -2 (chosen on the held-out training files). The shipped file holds the
+# networks and the estimator (backend/regimes.py); it runs without the LR-consistency step
+# (which assumes the antialiased kernel, and hurts on the other regimes).
 # CLEAN=<weights> starts from an existing clean network (the shipped file's own, e.g.
 # CLEAN=build/shipped_x4_clean.safetensors) instead of training stages 1-3 again.
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
@@ -89,19 +90,23 @@ estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone 
   ) 9>"$ESTIMATOR.lock"
 }
 
-ship() {  # clean weights, expert options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  local clean=$1 run=build/default_x$SCALE
+ship() {  # clean weights, finalize options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
+  # ROUTER_CROPS set: the experts with the classifier first, then a router that learns
+  # from that file's experts and starts from its classifier's features; unset: the
+  # classifier itself picks the mixture.
+  local clean=$1 run=build/default_x$SCALE estimator=$ESTIMATOR
   shift
-  # The experts with the classifier first: the router learns from that file's experts and
-  # starts from its classifier's features.
-  SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
-    "$run/experts_x$SCALE.safetensors" --no-lr-consistency --estimator "$ESTIMATOR" "$@"
-  [[ -f $run/router_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
-    "$run/experts_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
-    --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --out "$run/router_x$SCALE.safetensors"
+  if [[ -n ${ROUTER_CROPS:-} ]]; then
+    SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
+      "$run/experts_x$SCALE.safetensors" --no-lr-consistency --estimator "$ESTIMATOR" "$@"
+    [[ -f $run/router_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
+      "$run/experts_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
+      --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --out "$run/router_x$SCALE.safetensors"
+    estimator=$run/router_x$SCALE.safetensors
+  fi
   SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
-    --estimator "$run/router_x$SCALE.safetensors" "$@"
+    --estimator "$estimator" "$@"
 }
 
 case "$SCALE" in
@@ -139,9 +144,8 @@ case "$SCALE" in
     DEGRADATION=sensor-aliased stage "$X8/aliased" slimdiffsr_aliased_x8 "$clean" \
       "${EXPERT_STEPS:-1000}" 384 1 1e-4 50 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ROUTER_CROPS=800 ROUTER_VAL_CROPS=100 ship "$clean" \
-      --expert "soft=$X8/soft/slimdiffsr_soft_x8.safetensors" \
-      --expert "aliased=$X8/aliased/slimdiffsr_aliased_x8.safetensors"
+    ship "$clean" --expert "soft=$X8/soft/slimdiffsr_soft_x8.safetensors" \
+      --expert "aliased=$X8/aliased/slimdiffsr_aliased_x8.safetensors" --prior aliased=-2
     ;;
   *) echo "error: SCALE must be 4 or 8" >&2; exit 2 ;;
 esac
