@@ -461,6 +461,12 @@ class SuperResolver:
             return True
         return False
 
+    @property
+    def parallel_tiles(self) -> int:
+        """Tiles the network runs side by side in one batch (the CPU runtime's streams; 1
+        for torch): the engine's default batch size on the CPU."""
+        return self._cpu_path.streams if self._cpu_path is not None else 1
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -108,6 +108,32 @@ def test_exported_graph_equals_torch_at_any_tile_size(model, runtime, graph_cach
         assert float((out - ref).abs().max()) < 1e-4
 
 
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
+def test_openvino_streams_run_a_batch_side_by_side_as_one_by_one(model, graph_cache) -> None:
+    """A batch in two parallel streams (three images: one wave of two, then one alone) gives
+    each image's own output, with the images' own statistics and with frozen ones; the
+    engine then runs CPU tiles in batches of the streams."""
+    x = torch.nn.functional.avg_pool2d(
+        torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(3)), 3, 1, 1
+    )
+    x = x * 2 - 1
+    for kind in ("", "frozen"):
+        graph = cached_onnx(model, graph_cache, kind) if kind else cached_onnx(model, graph_cache)
+        one = load_network("openvino", graph, threads=2)
+        two = load_network("openvino", graph, threads=2, streams=2)
+        rows = None
+        if kind:
+            with torch.inference_mode():
+                rows = FusedStudent(model).eval().record(x, joint=False).values
+        expected = torch.cat([one(x[i : i + 1], None if rows is None else rows[i : i + 1]) for i in range(3)])
+        got = two(x, rows)
+        assert got.shape == expected.shape == (3, 3, 48, 64)
+        assert float((got - expected).abs().max()) < 1e-5
+    resolver = SuperResolver(model, 4, "cpu", "fp32", runtime="openvino")
+    assert resolver.parallel_tiles == (2 if resolver._cpu_path and resolver._cpu_path.threads >= 2 else 1)
+    assert SuperResolver(model, 4, "cpu", "fp32", runtime="torch").parallel_tiles == 1
+
+
 @needs_runtime
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:
@@ -251,3 +277,29 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path) -> None:
     assert result["correctness"][0]["max_dn"] == 0.0
     assert [(r["out"], r["batch"]) for r in result["timings"]] == [("256x256", 1), ("256x256", 2)]
     assert all(r["mpx_s"] > 0 for r in result["timings"])
+
+
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
+def test_engine_batches_cpu_tiles_by_the_runtimes_streams_with_the_same_output(tmp_path, model) -> None:
+    """On the CPU the engine's default batch is the tiles the runtime runs side by side; the
+    raster comes out the same as one tile at a time."""
+    import rasterio
+    from conftest import random_rgb, write_raster
+
+    from backend.engine import UpscaleOptions, upscale_raster
+    from backend.engine.job import Job, ModelFacts, default_batch
+
+    assert default_batch("cpu") == 1 and default_batch("cpu", 2) == 2 and default_batch("cuda", 2) == 4
+    src = write_raster(tmp_path / "in.tif", random_rgb(120))
+    job = Job.open(src, tmp_path / "plan.tif", UpscaleOptions())
+    job.plan_for(ModelFacts("tiny", 4, 16, 16, None, "cpu", "cpu", "fp32", 2))
+    assert job.batch == 2
+    resolver = SuperResolver(model, 4, "cpu", "fp32", runtime="openvino", color_match=False)
+    outputs = []
+    for name, batch in (("one.tif", 1), ("default.tif", None)):
+        upscale_raster(
+            src, tmp_path / name, resolver, UpscaleOptions(tile_size=64, overlap=8, batch_size=batch)
+        )
+        with rasterio.open(tmp_path / name) as dst:
+            outputs.append(dst.read())
+    assert np.array_equal(outputs[0], outputs[1])

@@ -65,10 +65,11 @@ difference the global operations make between neighbouring tiles over 32 pixels.
 GDAL_CACHE_MB = 128
 
 
-def default_batch(device_type: str) -> int:
-    """Tiles per model call: 4 on a GPU; 1 on the CPU, where a batch runs no faster than
-    its tiles one by one and only multiplies the memory."""
-    return DEFAULT_BATCH if device_type == "cuda" else 1
+def default_batch(device_type: str, parallel: int = 1) -> int:
+    """Tiles per model call: 4 on a GPU; on the CPU the tiles its network runs side by side
+    (``parallel``: OpenVINO's streams, else 1, where a batch runs no faster than its tiles
+    one by one and only multiplies the memory)."""
+    return DEFAULT_BATCH if device_type == "cuda" else max(1, parallel)
 
 
 def max_tile_out(device_type: str) -> int:
@@ -136,6 +137,8 @@ class ModelFacts:
     description: str
     """Device and precision as the log and the file's provenance name them."""
     precision: str
+    parallel: int = 1
+    """Tiles the network runs side by side on the CPU (sets the default batch there)."""
 
 
 @dataclass
@@ -179,7 +182,7 @@ class Job:
         that the output fits the disk; also measures the global radiometry."""
         options, info = self.options, self.info
         scale = model.scale
-        self.batch = options.batch_size or default_batch(model.device_type)
+        self.batch = options.batch_size or default_batch(model.device_type, model.parallel)
         tile = options.tile_size or default_tile(
             scale,
             model.width,

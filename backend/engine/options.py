@@ -64,7 +64,8 @@ class UpscaleOptions:
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int | None = None
-    """Tiles per model call; None: 4 on a GPU, 1 on the CPU."""
+    """Tiles per model call; None: 4 on a GPU; on the CPU 2 where OpenVINO runs two tiles
+    side by side (at least 2 cores), else 1."""
     cog: bool = False
     """Write a Cloud Optimized GeoTIFF (implies overviews)."""
     overviews: bool = False

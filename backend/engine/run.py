@@ -110,6 +110,7 @@ def _model_facts(resolver: SuperResolver) -> ModelFacts:
         resolver.device.type,
         resolver.description,
         resolver.precision,
+        resolver.parallel_tiles,
     )
 
 

@@ -19,6 +19,10 @@ from backend.runtime.engines import Network, StatisticsDispatch, available_runti
 from backend.runtime.export import cached_onnx
 from backend.runtime.int8 import activation_ranges, quantize_graph
 
+PARALLEL_STREAMS = 2
+"""Images a batch runs side by side in OpenVINO (where the CPU has at least as many cores);
+measured on 2 cores, where more than two streams cannot run side by side."""
+
 
 def pick_runtime(requested: str = "auto") -> str | None:
     """The runtime to use: ``requested``, or the first installed one for 'auto'; None when
@@ -45,14 +49,20 @@ class CpuRuntimePath:
         # process's share of the CPU (a Dask worker: its --nthreads); the runtime keeps to it
         # rather than putting every worker of a machine on all of its cores.
         self.threads = threads or min(cpu_info().physical_cores, torch.get_num_threads())
+        # Images of a batch that run side by side (OpenVINO's streams, one per pair of
+        # threads at most: backend.runtime.engines.OpenVinoNetwork); the engine gives the
+        # network batches of this many tiles.
+        self.streams = PARALLEL_STREAMS if runtime == "openvino" and self.threads >= PARALLEL_STREAMS else 1
         self._cache = cache
         self.graph = cached_onnx(model, cache)
         self.fp32: Network = StatisticsDispatch(
-            load_network(runtime, self.graph, self.threads),
-            lambda: load_network(runtime, self.statistics_graph(), self.threads),
+            self._load(self.graph), lambda: self._load(self.statistics_graph())
         )
         self.quantized = 0
         self._recorder: Network | None = None
+
+    def _load(self, graph: Path | bytes) -> Network:
+        return load_network(self.runtime, graph, self.threads, self.streams)
 
     def statistics_graph(self) -> Path:
         """The fp32 graph taking frozen global statistics (exported on first use)."""
@@ -76,6 +86,6 @@ class CpuRuntimePath:
 
         def with_statistics() -> Network:
             frozen, _ = quantize_graph(self.statistics_graph().read_bytes(), ranges)
-            return load_network(self.runtime, frozen, self.threads)
+            return self._load(frozen)
 
-        return StatisticsDispatch(load_network(self.runtime, graph, self.threads), with_statistics)
+        return StatisticsDispatch(self._load(graph), with_statistics)

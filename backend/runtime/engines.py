@@ -13,7 +13,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -82,24 +82,31 @@ class StatisticsDispatch:
 
 
 class OpenVinoNetwork:
-    """The graph compiled by OpenVINO's CPU plugin, for latency (one request at a time)."""
+    """The graph compiled by OpenVINO's CPU plugin: for latency (one image on all threads)
+    and, with ``streams`` > 1, also in parallel streams for batches (one image per stream).
 
-    def __init__(self, graph: Path | bytes, threads: int) -> None:
+    The compact network is many small operations at the input's resolution, where threads
+    wait on each other: two images side by side, one thread each, measured 1.1-1.4x the
+    throughput of one image on both threads (AMD EPYC Zen 3, 2 cores, AVX2), while one
+    image alone on one thread runs at 0.6x. So a batch of several images goes to the
+    streams and a lone image to the latency build; each build is compiled on first use.
+    """
+
+    def __init__(self, graph: Path | bytes, threads: int, streams: int = 1) -> None:
         import openvino as ov
 
-        core = ov.Core()
+        self._core = ov.Core()
         compiled_cache = _compiled_cache()
         if compiled_cache is not None:
             # OpenVINO keeps what it compiled there: the next run loads each graph in about a
             # third of the time (compact model: 1.5 s instead of 4-5 s)
-            core.set_property({"CACHE_DIR": str(compiled_cache)})
+            self._core.set_property({"CACHE_DIR": str(compiled_cache)})
         if isinstance(graph, bytes):
-            model = core.read_model(model=graph, weights=b"")
+            self._model = self._core.read_model(model=graph, weights=b"")
         else:
-            model = core.read_model(str(graph))
-        config = {
+            self._model = self._core.read_model(str(graph))
+        self._config = {
             "INFERENCE_NUM_THREADS": int(threads),
-            "PERFORMANCE_HINT": "LATENCY",
             # keep fp32 wherever the graph is fp32: bf16 is chosen by the accuracy probe,
             # not by the plugin's default for this CPU
             "INFERENCE_PRECISION_HINT": "f32",
@@ -109,13 +116,44 @@ class OpenVinoNetwork:
             # cluster 1.3x slower than one process instead of 0.86x)
             "ENABLE_CPU_PINNING": threads >= cpu_info().physical_cores,
         }
-        self._compiled = core.compile_model(model, "CPU", config)
-        self._request = self._compiled.create_infer_request()
+        self.streams = max(1, min(int(streams), int(threads)))
+        self._single: Any = None
+        self._parallel: list[Any] = []
         self.name = "openvino"
 
+    def _request(self) -> Any:
+        if self._single is None:
+            compiled = self._core.compile_model(
+                self._model, "CPU", self._config | {"PERFORMANCE_HINT": "LATENCY"}
+            )
+            self._single = compiled.create_infer_request()
+        return self._single
+
+    def _requests(self) -> list[Any]:
+        if not self._parallel:
+            compiled = self._core.compile_model(
+                self._model, "CPU", self._config | {"NUM_STREAMS": self.streams}
+            )
+            self._parallel = [compiled.create_infer_request() for _ in range(self.streams)]
+        return self._parallel
+
     def __call__(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
-        out = self._request.infer(_inputs(x, statistics))[0]
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+        if x.shape[0] == 1 or self.streams == 1:
+            out = self._request().infer(_inputs(x, statistics))[0]
+            return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+        requests = self._requests()
+        outs: list[np.ndarray] = []
+        for start in range(0, x.shape[0], len(requests)):
+            active = requests[: min(len(requests), x.shape[0] - start)]
+            for k, request in enumerate(active):
+                i = start + k
+                request.start_async(
+                    _inputs(x[i : i + 1], None if statistics is None else statistics[i : i + 1])
+                )
+            for request in active:
+                request.wait()
+                outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return torch.from_numpy(np.concatenate(outs))
 
 
 class OnnxRuntimeNetwork:
@@ -139,10 +177,11 @@ class OnnxRuntimeNetwork:
         return torch.from_numpy(self._session.run(None, feed)[0])
 
 
-def load_network(runtime: str, graph: Path | bytes, threads: int) -> Network:
-    """``graph`` (a path or the serialized ONNX) in ``runtime`` with ``threads`` threads."""
+def load_network(runtime: str, graph: Path | bytes, threads: int, streams: int = 1) -> Network:
+    """``graph`` (a path or the serialized ONNX) in ``runtime`` with ``threads`` threads;
+    OpenVINO runs a batch's images in up to ``streams`` parallel streams."""
     if runtime == "openvino":
-        return OpenVinoNetwork(graph, threads)
+        return OpenVinoNetwork(graph, threads, streams)
     if runtime == "onnxruntime":
         return OnnxRuntimeNetwork(graph, threads)
     raise ValueError(f"unknown runtime '{runtime}'; use one of {', '.join(CPU_RUNTIMES)}")
