@@ -214,9 +214,9 @@ def _engine_options(request: dict[str, Any]) -> UpscaleOptions:
 
 def load_model(
     weights: str | Path | None, scale: int | None, device: str, precision: str, channel: Channel
-) -> tuple[SuperResolver, str]:
-    """Weights -> (SuperResolver, the model's description), logging the device and precision
-    before the long part starts."""
+) -> SuperResolver:
+    """Weights -> SuperResolver, logging the device and precision before the long part
+    starts."""
     from backend.inference import SuperResolver
     from backend.weights import default_weights_path, load_weights
 
@@ -225,7 +225,7 @@ def load_model(
     resolver = SuperResolver.from_weights(loaded, device, precision)
     channel.log(f"device: {resolver.description}")
     channel.log(f"model: {loaded.description}")
-    return resolver, loaded.description
+    return resolver
 
 
 def check_job(input: str, output: str, options: UpscaleOptions) -> None:
@@ -248,13 +248,10 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     if not options.scheduler:  # on a cluster the engine checks where the data is
         check_job(request["input"], request["output"], options)
     resolver: SuperResolver | None = None
-    model_name: str | None = None
     if options.scheduler:  # the cluster's workers load the model; the log names them and their devices
         channel.send("progress", fraction=0.0, message=f"connecting to {options.scheduler}")
     else:
-        resolver, model_name = load_model(
-            options.weights, options.scale, options.device, options.precision, channel
-        )
+        resolver = load_model(options.weights, options.scale, options.device, options.precision, channel)
     if cancel():
         raise CancelledError
 
@@ -275,7 +272,7 @@ def handle_upscale(request: dict[str, Any], channel: Channel, cancel: CancelToke
     # so deleting would lose both).
     result: dict[str, Any] = jsonable(report)
     # The engine's name: the weights' own, with the expert mixture chosen for this raster.
-    result["model"] = report.model or model_name
+    result["model"] = report.model
     return result
 
 

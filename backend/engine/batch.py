@@ -155,7 +155,7 @@ class _Batch:
         from backend.engine.model import resolve_model
         from backend.engine.run import upscale_raster
 
-        resolver, _name = resolve_model(None, self.options)  # loaded once for every file
+        resolver = resolve_model(None, self.options)  # loaded once for every file
         todo = self.todo(resolver.scale)
         if self.log:
             self.log(

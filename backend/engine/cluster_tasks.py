@@ -40,11 +40,11 @@ class ModelSpec:
     precision: str
 
 
-_MODELS: dict[ModelSpec, tuple[SuperResolver, str]] = {}
+_MODELS: dict[ModelSpec, SuperResolver] = {}
 _LOCK = threading.Lock()
 
 
-def worker_model(spec: ModelSpec) -> tuple[SuperResolver, str]:
+def worker_model(spec: ModelSpec) -> SuperResolver:
     """This process's model for ``spec``: loaded on first use, then reused by every task."""
     with _LOCK:
         if spec not in _MODELS:
@@ -60,11 +60,11 @@ def worker_model(spec: ModelSpec) -> tuple[SuperResolver, str]:
 def model_info(spec: ModelSpec) -> dict[str, Any]:
     """Load the model on this worker and say what the client needs to plan: scale, the
     network's size multiple, width, receptive margin, colour match, device."""
-    resolver, name = worker_model(spec)
+    resolver = worker_model(spec)
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "model": name,
+        "model": resolver.title,
         "scale": resolver.scale,
         "multiple": resolver.multiple,
         "vae_channels": resolver.model.config.vae_channels,
@@ -95,7 +95,7 @@ def raster_statistics(
     from backend.engine.model import ModelStep, adapt_to_raster, gather_statistics
 
     with gdal_env():
-        resolver = adapt_to_raster(info, radiometry, worker_model(spec)[0])
+        resolver = adapt_to_raster(info, radiometry, worker_model(spec))
         step = ModelStep(resolver, radiometry)
         gather_statistics(plan, info, step)
     return RasterStatistics(step.statistics, list(step.stats), resolver.regime)
@@ -126,7 +126,7 @@ def run_region(job: RegionJob) -> dict[Any, Any]:
     from backend.engine.run import _run_batch
 
     plan, info = job.plan, job.info
-    step = ModelStep(worker_model(job.spec)[0].for_regime(job.stats.regime), job.radiometry)
+    step = ModelStep(worker_model(job.spec).for_regime(job.stats.regime), job.radiometry)
     step.statistics = job.stats.network
     step.stats = list(job.stats.color)
     channels = len(info.bands)
@@ -204,10 +204,10 @@ def upscale_file(
 
         if cancel():
             raise EngineCancelled("cancelled before it started")
-    resolver, name = worker_model(spec)
+    resolver = worker_model(spec)
     report = upscale_raster(input, output, resolver, replace(options, scheduler=None), cancel=cancel)
     result = report.as_dict()
-    result["model"] = name
+    result["model"] = resolver.title
     result["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     return result
 

@@ -43,8 +43,8 @@ about that of one default tile of the paper's student): rasters up to it (256 x 
 input pixels at x4) get exactly the statistics of a one-tile run."""
 
 
-def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResolver, str]:
-    """(SuperResolver, model description) from whatever the caller passed."""
+def resolve_model(model: ModelLike, options: UpscaleOptions) -> SuperResolver:
+    """The SuperResolver for whatever the caller passed (its ``title`` names the model)."""
     try:
         if isinstance(model, SuperResolver):
             if options.scale is not None and options.scale != model.scale:
@@ -52,7 +52,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
                     f"the model runs at x{model.scale} but x{options.scale} was requested; "
                     f"use scale {model.scale}"
                 )
-            return model, model.title
+            return model
         if not isinstance(model, LoadedWeights):
             path = model if model is not None else options.weights
             if path is None:
@@ -63,7 +63,7 @@ def resolve_model(model: ModelLike, options: UpscaleOptions) -> tuple[SuperResol
                 f"the weights are for x{model.scale} but x{options.scale} was requested; "
                 f"use scale {model.scale}"
             )
-        return SuperResolver.from_weights(model, options.device, options.precision), model.description
+        return SuperResolver.from_weights(model, options.device, options.precision)
     except (WeightsError, InferenceError) as exc:
         raise EngineError(str(exc)) from None
 

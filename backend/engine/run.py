@@ -77,7 +77,7 @@ def upscale_raster(
         from backend.engine.calibration import calibrate_on_raster
         from backend.engine.model import ModelStep, adapt_to_raster, gather_statistics, resolve_model
 
-        resolver, _ = resolve_model(model, options)
+        resolver = resolve_model(model, options)
         plan = job.plan_for(_model_facts(resolver))
         resolver = adapt_to_raster(job.info, job.radiometry, resolver)  # degradation-aware weights
         if log and resolver.regime_description:

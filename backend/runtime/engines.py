@@ -62,6 +62,12 @@ def _inputs(x: torch.Tensor, statistics: torch.Tensor | None) -> dict[int, np.nd
     return feed
 
 
+def _owned(out: np.ndarray) -> np.ndarray:
+    """A float32 copy of a runtime's output, which lives in its request's buffers (the next
+    inference would overwrite it)."""
+    return np.array(out, dtype=np.float32, copy=True)
+
+
 class StatisticsDispatch:
     """One network as two compiled graphs: the plain one (each image's own statistics) and
     the one taking frozen global statistics, compiled on first use (plain rasters never
@@ -139,8 +145,7 @@ class OpenVinoNetwork:
 
     def __call__(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[0] == 1 or self.streams == 1:
-            out = self._request().infer(_inputs(x, statistics))[0]
-            return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+            return torch.from_numpy(_owned(self._request().infer(_inputs(x, statistics))[0]))
         requests = self._requests()
         outs: list[np.ndarray] = []
         for start in range(0, x.shape[0], len(requests)):
@@ -152,7 +157,7 @@ class OpenVinoNetwork:
                 )
             for request in active:
                 request.wait()
-                outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+                outs.append(_owned(request.get_output_tensor(0).data))
         return torch.from_numpy(np.concatenate(outs))
 
 

@@ -103,11 +103,11 @@ def crop_gains(
         return (rgb_to_y(out)[..., b:-b, b:-b] - y_hr).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
 
     base = mse(enlarge(lr, scale).clamp(0, 1))
-    x = lr * 2 - 1
+    up = resolvers[0].upsample(lr * 2 - 1)  # the same network input for every candidate
     gains = []
     for resolver in resolvers:
         with torch.no_grad():
-            sr = resolver.restore(resolver.upsample(x))[0].float().cpu()
+            sr = resolver.restore(up)[0].float().cpu()
         gains.append(10 * torch.log10(base / mse((sr / 2 + 0.5).clamp(0, 1))))
     return torch.stack(gains, dim=1)
 
