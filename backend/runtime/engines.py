@@ -93,9 +93,10 @@ class OpenVinoNetwork:
 
     The compact network is many small operations at the input's resolution, where threads
     wait on each other: two images side by side, one thread each, measured 1.1-1.4x the
-    throughput of one image on both threads (AMD EPYC Zen 3, 2 cores, AVX2), while one
-    image alone on one thread runs at 0.6x. So a batch of several images goes to the
-    streams and a lone image to the latency build; each build is compiled on first use.
+    throughput of one image on both threads (AMD EPYC family 25 model 1, Zen 3, 2 cores,
+    AVX2 without AVX-512), while one image alone on one thread runs at 0.6x. So a batch of
+    several images goes to the streams and a lone image to the latency build; each build
+    is compiled on first use.
     """
 
     def __init__(self, graph: Path | bytes, threads: int, streams: int = 1) -> None:
