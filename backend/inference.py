@@ -167,6 +167,14 @@ def probe_errors(test: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return rel, psnr
 
 
+def _run_together(network: Callable[..., torch.Tensor], images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``network`` on each of ``images`` ([1, C, H, W]): as one batch when they share a size
+    (a CPU runtime then runs them side by side), else one by one."""
+    if len({tuple(x.shape) for x in images}) == 1:
+        return list(network(torch.cat(list(images)), None).split(1))
+    return [network(x, None) for x in images]
+
+
 class SuperResolver:
     """A loaded student on a device at a precision, with the release's processing.
 
@@ -176,8 +184,9 @@ class SuperResolver:
     laptops and servers, where emulated bf16 is slower than fp32) it runs the network in a
     CPU inference runtime (``runtime``: OpenVINO first, then ONNX Runtime, when installed),
     checked against torch fp32 on the probe; where the CPU has int8 dot products (VNNI,
-    AMX; ``auto_int8``), :meth:`calibrate` on real imagery then switches to int8 if the
-    int8 network stays within ``AUTO_INT8_MIN_PSNR`` of fp32 on it. ``precision='int8'``
+    AMX; ``auto_int8``; elsewhere where the caller offers it, :meth:`consider_int8`),
+    :meth:`calibrate` on real imagery then switches to int8 if the int8 network stays
+    within ``AUTO_INT8_MIN_PSNR`` of fp32 on it. ``precision='int8'``
     takes the int8 network after calibration whatever its error.
     ``precision='fp32'`` (and ``runtime='torch'``) is torch, the reference.
     """
@@ -422,6 +431,15 @@ class SuperResolver:
         self.runtime, self._cpu_path = name, path
         return path.fp32
 
+    def consider_int8(self) -> bool:
+        """Make int8 a candidate of ``precision='auto'`` on a CPU without int8 dot products,
+        where it repays its calibration only on enough pixels (the engine decides from the
+        raster's size, :mod:`backend.engine.calibration`). Returns whether a candidate waits
+        for :meth:`calibrate`; a no-op where a precision was asked for or torch runs."""
+        if self._wanted == "auto" and self._cpu_path is not None and self.precision == "fp32":
+            self._calibrate = True
+        return self.needs_calibration
+
     @property
     def needs_calibration(self) -> bool:
         """Whether :meth:`calibrate` would still change anything (an int8 candidate waits)."""
@@ -442,15 +460,14 @@ class SuperResolver:
             h, w = up.shape[-2:]
             inputs.append(reflect_pad(up, (-h) % self.multiple, (-w) % self.multiple))
         try:
-            int8 = self._cpu_path.int8(inputs)
+            int8, reference = self._cpu_path.int8(inputs)
         except (ValueError, RuntimeError, ImportError) as exc:
             if self._wanted == "int8":
                 raise InferenceError(f"int8 calibration failed ({one_line(exc)})") from None
             return False
         with torch.inference_mode():
-            reference = self._prepare("fp32")
-            ref = torch.cat([reference(x, None).flatten() for x in inputs])
-            test = torch.cat([int8(x, None).flatten() for x in inputs])
+            ref = torch.cat([r.flatten() for r in reference])
+            test = torch.cat([t.flatten() for t in _run_together(int8, inputs)])
         err, psnr = probe_errors(test, ref)
         self.probe_error, self.probe_psnr = err, psnr
         self._calibrate = False

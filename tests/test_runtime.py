@@ -16,7 +16,7 @@ from backend.model import SlimDiffSRStudent
 from backend.model.config import TINY_STUDENT
 from backend.model.fused_student import FusedStudent
 from backend.model.global_context import GlobalContext
-from backend.runtime.cpu import CpuInfo, parse_cpuinfo
+from backend.runtime.cpu import CpuInfo, cpu_info, parse_cpuinfo
 from backend.runtime.engines import available_runtimes, load_network
 from backend.runtime.export import ImageOnly, cached_onnx
 
@@ -89,6 +89,9 @@ def test_auto_on_avx2_without_vnni_runs_fp32_in_a_runtime_without_calibrating(mo
     auto = SuperResolver(model, 4, "cpu", "auto", auto_int8=False)
     assert auto.runtime == RUNTIMES[0] and auto.precision == "fp32" and not auto.needs_calibration
     assert auto.probe_error is not None and auto.probe_error < 1e-4
+    # the engine offers int8 on large rasters; an asked-for precision is never changed
+    assert auto.consider_int8() and auto.needs_calibration
+    assert not SuperResolver(model, 4, "cpu", "fp32", runtime=RUNTIMES[0]).consider_int8()
 
 
 @needs_runtime
@@ -248,6 +251,28 @@ def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -
         assert a.tags()["SLIMDIFFSR_PRECISION"] == "int8"
         diff = np.abs(a.read().astype(int) - b.read().astype(int))
     assert np.quantile(diff, 0.99) <= 1 and diff.max() <= 8
+
+
+@needs_runtime
+@avx2_only
+@pytest.mark.skipif(cpu_info().fast_int8, reason="int8 dot products: auto calibrates on every raster")
+def test_auto_calibrates_int8_only_where_the_raster_repays_it(rgb_crop, tmp_path, monkeypatch) -> None:
+    """Without int8 dot products, auto stays fp32 on a small raster and calibrates int8 (its
+    probe passing on the raster) from ``INT8_MIN_OUTPUT_PIXELS`` of output."""
+    import rasterio
+
+    from backend.engine import UpscaleOptions, calibration, upscale_raster
+
+    src, _ = rgb_crop(96)
+    options = UpscaleOptions(tile_size=128)
+    small = upscale_raster(src, tmp_path / "small.tif", options=options)
+    assert small.device.endswith("fp32")
+    monkeypatch.setattr(calibration, "INT8_MIN_OUTPUT_PIXELS", (96 * 4) ** 2)
+    large = upscale_raster(src, tmp_path / "large.tif", options=options)
+    assert large.device.endswith("int8")
+    with rasterio.open(tmp_path / "small.tif") as a, rasterio.open(tmp_path / "large.tif") as b:
+        diff = np.abs(a.read().astype(int) - b.read().astype(int))
+    assert 0 < diff.max() <= 8 and np.quantile(diff, 0.99) <= 1
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path) -> None:

@@ -77,9 +77,10 @@ class CpuRuntimePath:
             )
         return self._recorder(crops)
 
-    def int8(self, images: Sequence[torch.Tensor]) -> Network:
-        """The int8 network calibrated on ``images`` (network inputs [B, C, H, W] in [-1, 1])."""
-        ranges = activation_ranges(self.model, images)
+    def int8(self, images: Sequence[torch.Tensor]) -> tuple[Network, list[torch.Tensor]]:
+        """The int8 network calibrated on ``images`` (network inputs [B, C, H, W] in [-1, 1]),
+        and torch fp32's output on each of them (from the calibration pass itself)."""
+        ranges, reference = activation_ranges(self.model, images)
         graph, self.quantized = quantize_graph(self.graph.read_bytes(), ranges)
         if not self.quantized:
             raise ValueError("no convolution of this network could be quantized")
@@ -88,4 +89,4 @@ class CpuRuntimePath:
             frozen, _ = quantize_graph(self.statistics_graph().read_bytes(), ranges)
             return self._load(frozen)
 
-        return StatisticsDispatch(self._load(graph), with_statistics)
+        return StatisticsDispatch(self._load(graph), with_statistics), reference

@@ -13,7 +13,8 @@ The graph gets QuantizeLinear/DequantizeLinear pairs in front of those convoluti
 (the QDQ format); OpenVINO and ONNX Runtime both fuse such a pair and its convolution
 into one integer convolution. Nothing here runs the network: ranges come from the
 torch network (``activation_ranges``), so calibrating costs one fp32 pass over the
-calibration images.
+calibration images, whose outputs are also the reference the int8 network is then probed
+against.
 """
 
 from __future__ import annotations
@@ -63,9 +64,12 @@ def weight_digest(weight: np.ndarray) -> str:
 
 
 @torch.inference_mode()
-def activation_ranges(model: SlimDiffSRStudent, images: Iterable[torch.Tensor]) -> dict[str, Range]:
+def activation_ranges(
+    model: SlimDiffSRStudent, images: Iterable[torch.Tensor]
+) -> tuple[dict[str, Range], list[torch.Tensor]]:
     """Input ranges of ``target_convolutions`` over ``images`` (network inputs [B, C, H, W]
-    in [-1, 1]), keyed by ``weight_digest`` of each convolution's weight."""
+    in [-1, 1]), keyed by ``weight_digest`` of each convolution's weight; and the fp32
+    network's output on each image (the accuracy probe's reference, for free)."""
     from backend.runtime.export import ImageOnly
 
     convs = target_convolutions(model)
@@ -82,20 +86,17 @@ def activation_ranges(model: SlimDiffSRStudent, images: Iterable[torch.Tensor]) 
         hooks.append(conv.register_forward_pre_hook(hook))
     try:
         net = ImageOnly(model).eval()
-        count = 0
-        for image in images:
-            net(image.float())
-            count += 1
+        outputs = [net(image.float()) for image in images]
     finally:
         for h in hooks:
             h.remove()
-    if not count:
+    if not outputs:
         raise ValueError("no calibration image")
     return {
         weight_digest(conv.weight.detach().float().cpu().numpy()): Range(*seen[id(conv)])
         for conv in convs
         if id(conv) in seen
-    }
+    }, outputs
 
 
 def quantize_graph(graph: bytes, ranges: dict[str, Range]) -> tuple[bytes, int]:
