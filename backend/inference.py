@@ -35,7 +35,7 @@ from backend.errors import UserInputError, one_line
 from backend.model import SlimDiffSRStudent
 from backend.model.fused_student import FusedStudent
 from backend.model.global_context import GlobalContext, GlobalStatistics
-from backend.model.lr_consistency import enforce_lr_consistency, enlarge
+from backend.model.lr_consistency import enforce_lr_consistency, enlarge, enlarge_sparse
 from backend.regimes import Mixture, RegimeExperts, describe_mixture
 from backend.runtime.choices import PRECISIONS, RUNTIMES
 from backend.runtime.cpu import cpu_info
@@ -554,6 +554,12 @@ class SuperResolver:
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
         """Bicubic x scale (torch's a=-0.75, align_corners=False, as the release)."""
         return enlarge(lr.float(), self.scale)
+
+    @torch.inference_mode()
+    def upsample_sparse(self, lr: torch.Tensor) -> torch.Tensor:
+        """:meth:`upsample` of an image that is zero almost everywhere (the highlights beyond
+        the radiometric stretch), from its non-zero pixels only."""
+        return enlarge_sparse(lr.float(), self.scale)
 
     def pad(self, up: torch.Tensor, pad_multiple: int | None = None) -> torch.Tensor:
         """``up`` reflect-padded at the bottom and right to a multiple of ``pad_multiple``

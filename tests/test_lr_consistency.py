@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from backend.engine import UpscaleOptions, upscale_raster
 from backend.inference import SuperResolver
-from backend.model.lr_consistency import MATRIX_MAX_SIDE, enforce_lr_consistency, enlarge, reduce
+from backend.model.lr_consistency import (
+    MATRIX_MAX_SIDE,
+    enforce_lr_consistency,
+    enlarge,
+    enlarge_sparse,
+    reduce,
+)
 from backend.weights import load_weights, save_safetensors
 from devtools.compact import TINY, write_random_weights
 
@@ -107,6 +113,18 @@ def test_enlarge_is_torch_bicubic(shape: tuple[int, ...], scale: int) -> None:
         got = enlarge(x, scale)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 56), (1, 1, 5, 5), (1, 3, 3, 4), (1, 2, 600, 7)])
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("fraction", [0.0, 0.002, 0.03, 0.5])
+def test_sparse_enlarge_is_torch_bicubic(shape: tuple[int, ...], scale: int, fraction: float) -> None:
+    """Footprints or the dense fallback: the same values, borders and corners included."""
+    torch.manual_seed(scale)
+    x = torch.randn(*shape) * (torch.rand(*shape) < fraction)
+    x[0, 0, 0, 0], x[-1, -1, -1, -1], x[0, -1, -1, 0] = 2.0, -1.5, 0.7  # corners: the clamped taps
+    want = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(enlarge_sparse(x, scale), want, rtol=0, atol=2e-6)
 
 
 def test_enlarge_of_a_large_image_falls_back_to_torch() -> None:

@@ -238,7 +238,7 @@ class ModelStep:
             up = self.resolver.upsample(x)
             sr = self.resolver.consistent(self.resolver.restore(up, statistics=self.statistics)[0], x)
             if excess is not None:  # values beyond the stretch: the identity path (bicubic)
-                sr = sr + self.resolver.upsample(torch.from_numpy(excess) * 2).to(sr.device)
+                sr = sr + self.resolver.upsample_sparse(torch.from_numpy(excess) * 2).to(sr.device)
         except torch.OutOfMemoryError:
             raise EngineError(
                 f"the device ran out of memory on a batch of {n} tiles; use a smaller batch size or tile size"
