@@ -160,6 +160,24 @@ def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:
         assert float((frozen(x * 2 - 1, rows) - expected).abs().max()) < 1e-4
 
 
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
+def test_only_exported_graphs_fill_the_compiled_cache(model, real_crops, graph_cache) -> None:
+    """Each calibration makes a new int8 graph: caching its compiled form would grow the
+    user's cache by megabytes with every raster; the exported fp32 graph is cached once."""
+    compiled = graph_cache / "openvino"
+
+    def blobs() -> set[str]:
+        return {p.name for p in compiled.glob("*.blob")} if compiled.is_dir() else set()
+
+    SuperResolver(model, 4, "cpu", "fp32", runtime="openvino")
+    after_fp32 = blobs()
+    assert after_fp32
+    int8 = SuperResolver(model, 4, "cpu", "int8", runtime="openvino")
+    assert int8.calibrate(real_crops[:2])
+    int8.run_network(torch.zeros(2, 3, 64, 64))  # the streams build too
+    assert blobs() == after_fp32
+
+
 @needs_runtime
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_resolver_runs_tiles_with_shared_statistics(model, runtime, real_crops) -> None:
