@@ -20,9 +20,10 @@ the picture.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -167,12 +168,19 @@ def probe_errors(test: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return rel, psnr
 
 
-def _run_together(network: Callable[..., torch.Tensor], images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``network`` on each of ``images`` ([1, C, H, W]): as one batch when they share a size
-    (a CPU runtime then runs them side by side), else one by one."""
+def _run_together(
+    network: Callable[..., torch.Tensor],
+    images: Sequence[torch.Tensor],
+    statistics: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """``network`` on each of ``images`` ([1, C, H, W]; with ``statistics``, each its own
+    [1, size]): as one batch when they share a size (a CPU runtime then runs them side by
+    side), else one by one."""
     if len({tuple(x.shape) for x in images}) == 1:
-        return list(network(torch.cat(list(images)), None).split(1))
-    return [network(x, None) for x in images]
+        rows = None if statistics is None else torch.cat(list(statistics))
+        return list(network(torch.cat(list(images)), rows).split(1))
+    rows_each: list[torch.Tensor | None] = [None] * len(images) if statistics is None else list(statistics)
+    return [network(x, r) for x, r in zip(images, rows_each, strict=True)]
 
 
 class SuperResolver:
@@ -208,6 +216,7 @@ class SuperResolver:
         experts: RegimeExperts | None = None,
         regime: Mixture | None = None,
         name: str | None = None,
+        checked_runtime: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InferenceError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
@@ -249,6 +258,9 @@ class SuperResolver:
         # Whether 'auto' calibrates an int8 candidate: by default where the CPU has int8
         # dot products (cpu_info().fast_int8); elsewhere it costs more than it saves.
         self._auto_int8 = cpu_info().fast_int8 if auto_int8 is None else auto_int8
+        # A CPU runtime whose probe another resolver of the same architecture passed (a
+        # mixture of the experts of this one's file): taken without probing again.
+        self._checked_runtime = checked_runtime
         self.precision, network = self._choose_precision(precision, runtime)
         # The probe already built the chosen network (a bf16 copy of the weights on the
         # CPU); reuse it rather than copying the model a second time.
@@ -309,6 +321,7 @@ class SuperResolver:
                     auto_int8=self._auto_int8,
                     regime=mixture,
                     name=self.name,
+                    checked_runtime=None if self._cpu_path is None else self.runtime,
                 )
             self._by_regime[mixture] = cached  # most recent last
             while len(self._by_regime) > REGIME_CACHE:
@@ -414,16 +427,19 @@ class SuperResolver:
             if name is None:
                 return None
             path = CpuRuntimePath(self.model, name)
+            if name == self._checked_runtime:  # same graph, other weights: no new probe
+                self.runtime, self._cpu_path = name, path
+                return path.fp32
+            probe = self._probe_image()
+            with torch.inference_mode():
+                test = path.fp32(probe, None)  # exports and compiles the graph
+                ref = self._prepare("fp32")(self._to_device(probe), None)
         except (ModuleNotFoundError, ImportError, OSError, RuntimeError) as exc:
             if required:
                 raise InferenceError(
                     f"the {runtime} runtime cannot run this network ({one_line(exc)})"
                 ) from None
             return None
-        probe = self._probe_image()
-        with torch.inference_mode():
-            ref = self._prepare("fp32")(self._to_device(probe), None)
-            test = path.fp32(probe, None)
         err, psnr = probe_errors(test, ref)
         self.probe_error, self.probe_psnr = err, psnr
         if not (np.isfinite(err) and err < AUTO_PRECISION_TOLERANCE) and not required:
@@ -445,11 +461,16 @@ class SuperResolver:
         """Whether :meth:`calibrate` would still change anything (an int8 candidate waits)."""
         return self._calibrate and self._cpu_path is not None
 
-    def calibrate(self, images: Sequence[np.ndarray]) -> bool:
+    def calibrate(self, images: Sequence[np.ndarray], tiled: bool = False) -> bool:
         """Calibrate int8 on real low-resolution images (HxWxC in [0, 1]) and switch to it
         when the precision allows: always for 'int8', for 'auto' only if the int8 output on
         these images stays within ``AUTO_PRECISION_TOLERANCE`` and ``AUTO_INT8_MIN_PSNR``
         of torch fp32. Returns whether int8 is now in use; a no-op on other paths.
+
+        ``tiled``: the caller runs tiles with shared statistics (the engine on a raster of
+        several windows), so the probe runs the int8 graph that takes them, each image with
+        its own statistics (the same function as the plain graph), and the plain graph is
+        never built; else the plain one, as whole images run.
         """
         if not self._calibrate or self._cpu_path is None or not images:
             return self.precision == "int8"
@@ -461,14 +482,14 @@ class SuperResolver:
             inputs.append(reflect_pad(up, (-h) % self.multiple, (-w) % self.multiple))
         try:
             int8, reference = self._cpu_path.int8(inputs)
+            with torch.inference_mode():
+                statistics = [self._cpu_path.record(x) for x in inputs] if tiled else None
+                test = torch.cat([t.flatten() for t in _run_together(int8, inputs, statistics)])
         except (ValueError, RuntimeError, ImportError) as exc:
             if self._wanted == "int8":
                 raise InferenceError(f"int8 calibration failed ({one_line(exc)})") from None
             return False
-        with torch.inference_mode():
-            ref = torch.cat([r.flatten() for r in reference])
-            test = torch.cat([t.flatten() for t in _run_together(int8, inputs)])
-        err, psnr = probe_errors(test, ref)
+        err, psnr = probe_errors(test, torch.cat([r.flatten() for r in reference]))
         self.probe_error, self.probe_psnr = err, psnr
         self._calibrate = False
         if self._wanted == "int8" or (
@@ -531,7 +552,22 @@ class SuperResolver:
                     f"a batch of {up.shape[0]} does not split into tiles of {statistics.images} images"
                 )
             rows = statistics.for_batch(up.shape[0] // statistics.images)
-        return self._network(self._to_device(up.float()), rows)
+        with self._exporting():
+            return self._network(self._to_device(up.float()), rows)
+
+    @contextlib.contextmanager
+    def _exporting(self) -> Iterator[None]:
+        """A CPU runtime exports each graph on first use: a full or read-only disk then is
+        the user's to fix, in one line."""
+        try:
+            yield
+        except OSError as exc:
+            if self._cpu_path is None:
+                raise
+            raise InferenceError(
+                f"cannot write the network's {self.runtime} graph ({one_line(exc)}); free disk space "
+                "or set SLIMDIFFSR_CACHE to a writable folder"
+            ) from None
 
     @torch.inference_mode()
     def record_statistics(self, up: torch.Tensor, joint: bool = False) -> GlobalStatistics:
@@ -545,7 +581,8 @@ class SuperResolver:
         """
         self._check_multiple(up)
         if self._cpu_path is not None and (joint or up.shape[0] == 1):
-            return GlobalStatistics(self._cpu_path.record(up.float()))
+            with self._exporting():
+                return GlobalStatistics(self._cpu_path.record(up.float()))
         if self._recorder is None:
             self._recorder = FusedStudent(self.model)
         return GlobalStatistics(self._recorder.record(self._to_device(up.float()), joint).values.cpu())

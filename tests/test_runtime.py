@@ -293,6 +293,71 @@ def test_auto_calibrates_int8_only_where_the_raster_repays_it(rgb_crop, tmp_path
     assert 0 < diff.max() <= 8 and np.quantile(diff, 0.99) <= 1
 
 
+@pytest.fixture(scope="module")
+def bundled_x4(tmp_path_factory) -> SuperResolver:
+    """The bundled x4 file (degradation-aware: experts) in auto, as the engine loads it; its
+    probe's graph goes to a folder of this module (module fixtures come before autouse ones)."""
+    from backend.weights import default_weights_path, load_weights
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLIMDIFFSR_CACHE", str(tmp_path_factory.getbasetemp() / "bundled-cache"))
+        return SuperResolver.from_weights(load_weights(default_weights_path(4)), "cpu", "auto")
+
+
+@needs_runtime
+@avx2_only
+def test_a_mixture_takes_its_files_runtime_and_tiles_without_the_plain_graph(
+    bundled_x4, rgb_crop, tmp_path, monkeypatch
+) -> None:
+    """The experts' mixture for a raster is the same graph with other weights: it skips the
+    runtime probe the file passed, and a tiled raster exports only the two graphs it runs
+    (statistics recording, tiles with frozen statistics), whose output equals torch's."""
+    from backend.engine import UpscaleOptions, upscale_raster
+    from backend.runtime.export import weights_key
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SLIMDIFFSR_CACHE", str(cache))
+    assert bundled_x4.experts is not None and bundled_x4.runtime == RUNTIMES[0]
+    mixed = bundled_x4.for_regime(((bundled_x4.experts.names[1], 0.5), (bundled_x4.experts.names[2], 0.5)))
+    assert mixed is not bundled_x4 and mixed.runtime == bundled_x4.runtime and mixed.probe_error is None
+
+    src, _ = rgb_crop(96)
+    report = upscale_raster(src, tmp_path / "out.tif", mixed, UpscaleOptions(tile_size=64, precision="fp32"))
+    assert report.tiles > 1
+    key = weights_key(mixed.model)
+    exported = {p.name for p in cache.glob("*.onnx")}
+    assert exported == {f"student-{key}-frozen.onnx", f"student-{key}-record.onnx"}
+
+    reference = SuperResolver(mixed.model, 4, "cpu", "fp32", runtime="torch")
+    up = reference.upsample(torch.from_numpy(_crop_lr(src)) * 2 - 1)
+    statistics = reference.record_statistics(up)
+    want = reference.run_network(up, statistics)
+    assert float((mixed.run_network(up, mixed.record_statistics(up)) - want).abs().max()) < 1e-4
+
+
+def _crop_lr(path: Path, side: int = 32) -> np.ndarray:
+    """[1, 3, side, side] in [0, 1] from the top left of an 8-bit RGB raster."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return (src.read([1, 2, 3], window=((0, side), (0, side))).astype(np.float32) / 255)[None]
+
+
+@needs_runtime
+@avx2_only
+def test_a_graph_that_cannot_be_written_is_a_one_line_error(bundled_x4, tmpfs, monkeypatch) -> None:
+    """Graphs are exported on first use: a read-only cache (and temporary folder) then is an
+    InferenceError naming the fix, not an OSError traceback from inside the runtime."""
+    import tempfile
+
+    monkeypatch.setenv("SLIMDIFFSR_CACHE", str(tmpfs("cache", "1m", readonly=True)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpfs("tmp", "1m", readonly=True)))
+    mixed = bundled_x4.for_regime(((bundled_x4.experts.names[2], 1.0),))
+    up = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(InferenceError, match="cannot write the network's .* SLIMDIFFSR_CACHE"):
+        mixed.record_statistics(up)
+
+
 def test_gpu_check_dry_run_on_the_cpu(tmp_path) -> None:
     """The CUDA check's whole flow on the CPU: correctness rows, timing rows, exit status 0."""
     from tools.gpu_check import main

@@ -78,6 +78,6 @@ def calibrate_on_raster(plan: TilePlan, info: SourceInfo, step: ModelStep) -> bo
     if not getattr(resolver, "needs_calibration", False):
         return resolver.precision == "int8"
     try:
-        return resolver.calibrate(calibration_crops(plan, info, step))
+        return resolver.calibrate(calibration_crops(plan, info, step), tiled=len(plan) > 1)
     except InferenceError as exc:
         raise EngineError(str(exc)) from None

@@ -1,9 +1,9 @@
 """The student in a CPU runtime at fp32 and, once calibrated, at int8.
 
 :class:`backend.inference.SuperResolver` holds one of these when ``precision='auto'`` (or
-``'int8'``) runs on a CPU without native bf16 and a runtime is installed. The fp32 graph
-is exported once per weights (:mod:`backend.runtime.export`); the int8 graph is derived
-from it in memory for each calibration (:mod:`backend.runtime.int8`).
+``'int8'``) runs on a CPU without native bf16 and a runtime is installed. The fp32 graphs
+are exported once per weights (:mod:`backend.runtime.export`), each when first needed; the
+int8 graphs are derived from them in memory for each calibration (:mod:`backend.runtime.int8`).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class CpuRuntimePath:
         # network batches of this many tiles.
         self.streams = PARALLEL_STREAMS if runtime == "openvino" and self.threads >= PARALLEL_STREAMS else 1
         self._cache = cache
-        self.graph = cached_onnx(model, cache)
+        # Each graph is exported (a few seconds for new weights) and compiled on first use.
         self.fp32: Network = StatisticsDispatch(
-            self._load(self.graph), lambda: self._load(self.statistics_graph())
+            runtime, lambda: self._load(self.plain_graph()), lambda: self._load(self.statistics_graph())
         )
         self.quantized = 0
         self._recorder: Network | None = None
@@ -64,8 +64,12 @@ class CpuRuntimePath:
     def _load(self, graph: Path | bytes) -> Network:
         return load_network(self.runtime, graph, self.threads, self.streams)
 
+    def plain_graph(self) -> Path:
+        """The fp32 graph image -> image, each image with its own statistics."""
+        return cached_onnx(self.model, self._cache)
+
     def statistics_graph(self) -> Path:
-        """The fp32 graph taking frozen global statistics (exported on first use)."""
+        """The fp32 graph taking frozen global statistics."""
         return cached_onnx(self.model, self._cache, "frozen")
 
     def record(self, crops: torch.Tensor) -> torch.Tensor:
@@ -79,14 +83,17 @@ class CpuRuntimePath:
 
     def int8(self, images: Sequence[torch.Tensor]) -> tuple[Network, list[torch.Tensor]]:
         """The int8 network calibrated on ``images`` (network inputs [B, C, H, W] in [-1, 1]),
-        and torch fp32's output on each of them (from the calibration pass itself)."""
+        and torch fp32's output on each of them (from the calibration pass itself). Its two
+        graphs are quantized from the fp32 ones on first use, as those are exported."""
         ranges, reference = activation_ranges(self.model, images)
-        graph, self.quantized = quantize_graph(self.graph.read_bytes(), ranges)
-        if not self.quantized:
-            raise ValueError("no convolution of this network could be quantized")
 
-        def with_statistics() -> Network:
-            frozen, _ = quantize_graph(self.statistics_graph().read_bytes(), ranges)
-            return self._load(frozen)
+        def quantized(graph: Path) -> Network:
+            int8_graph, self.quantized = quantize_graph(graph.read_bytes(), ranges)
+            if not self.quantized:
+                raise ValueError("no convolution of this network could be quantized")
+            return self._load(int8_graph)
 
-        return StatisticsDispatch(self._load(graph), with_statistics), reference
+        network = StatisticsDispatch(
+            self.runtime, lambda: quantized(self.plain_graph()), lambda: quantized(self.statistics_graph())
+        )
+        return network, reference

@@ -70,20 +70,25 @@ def _owned(out: np.ndarray) -> np.ndarray:
 
 class StatisticsDispatch:
     """One network as two compiled graphs: the plain one (each image's own statistics) and
-    the one taking frozen global statistics, compiled on first use (plain rasters never
-    pay for it)."""
+    the one taking frozen global statistics, each built on first use: a tiled raster runs
+    only the second, a raster in one window only the first."""
 
-    def __init__(self, plain: Network, with_statistics: Callable[[], Network]) -> None:
-        self.plain = plain
-        self.name = plain.name
-        self._build = with_statistics
+    def __init__(
+        self, name: str, plain: Callable[[], Network], with_statistics: Callable[[], Network]
+    ) -> None:
+        self.name = name
+        self._build_plain = plain
+        self._build_frozen = with_statistics
+        self._plain: Network | None = None
         self._frozen: Network | None = None
 
     def __call__(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         if statistics is None:
-            return self.plain(x)
+            if self._plain is None:
+                self._plain = self._build_plain()
+            return self._plain(x)
         if self._frozen is None:
-            self._frozen = self._build()
+            self._frozen = self._build_frozen()
         return self._frozen(x, statistics)
 
 
