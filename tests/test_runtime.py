@@ -283,11 +283,15 @@ def test_auto_calibrates_int8_only_where_the_raster_repays_it(rgb_crop, tmp_path
 
     src, _ = rgb_crop(96)
     options = UpscaleOptions(tile_size=128)
-    small = upscale_raster(src, tmp_path / "small.tif", options=options)
+    logs: dict[str, list[str]] = {"small": [], "large": []}
+    small = upscale_raster(src, tmp_path / "small.tif", options=options, log=logs["small"].append)
     assert small.device.endswith("fp32")
     monkeypatch.setattr(calibration, "INT8_MIN_OUTPUT_PIXELS", (96 * 4) ** 2)
-    large = upscale_raster(src, tmp_path / "large.tif", options=options)
+    large = upscale_raster(src, tmp_path / "large.tif", options=options, log=logs["large"].append)
     assert large.device.endswith("int8")
+    # the log names the precision that runs once calibration has switched to int8
+    assert not any(line.startswith("device:") for line in logs["small"])
+    assert f"device: {large.device} (calibrated on this raster)" in logs["large"]
     with rasterio.open(tmp_path / "small.tif") as a, rasterio.open(tmp_path / "large.tif") as b:
         diff = np.abs(a.read().astype(int) - b.read().astype(int))
     assert 0 < diff.max() <= 8 and np.quantile(diff, 0.99) <= 1

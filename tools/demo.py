@@ -141,7 +141,8 @@ def main() -> int:
             )
         return 1
     log = result.get("log", {}).get("info", [])
-    device_line = next((line for line in log if line.startswith("device:")), "device: ?")
+    # the last: the engine names the precision again when int8 calibration switched to it
+    device_line = next((line for line in reversed(log) if line.startswith("device:")), "device: ?")
     with rasterio.open(source) as src, rasterio.open(output) as dst:
         scale = round(dst.width / src.width)
         png = BUILD / "demo_before_after.png"
