@@ -456,6 +456,14 @@ class SuperResolver:
             self._calibrate = True
         return self.needs_calibration
 
+    def forget_calibration(self) -> None:
+        """Back to the fp32 network, with int8 a candidate again as at the start: the engine
+        calibrates on each raster it processes, since ranges measured on another raster
+        could clip this one's values without the probe ever seeing it."""
+        if self.precision == "int8" and self._cpu_path is not None:
+            self.precision, self._network = "fp32", self._cpu_path.fp32
+            self._calibrate = self._wanted == "int8" or self._auto_int8
+
     @property
     def needs_calibration(self) -> bool:
         """Whether :meth:`calibrate` would still change anything (an int8 candidate waits)."""

@@ -272,6 +272,25 @@ def test_engine_calibrates_int8_on_the_raster_it_processes(rgb_crop, tmp_path) -
 
 
 @needs_runtime
+def test_a_shared_resolver_is_calibrated_on_each_raster(model, rgb_crop, tmp_path) -> None:
+    """A batch runs every file with one resolver: each raster gets int8 ranges of its own
+    (another raster's could clip its values, unseen by the probe)."""
+    from backend.engine import UpscaleOptions, upscale_raster
+
+    resolver = SuperResolver(model, 4, "cpu", "int8")
+    options = UpscaleOptions(tile_size=64, precision="int8")
+    networks = []
+    for i, side in enumerate((96, 80)):
+        src, _ = rgb_crop(side)
+        log: list[str] = []
+        report = upscale_raster(src, tmp_path / f"{i}.tif", resolver, options, log=log.append)
+        assert report.device.endswith("int8")
+        assert f"device: {report.device} (calibrated on this raster)" in log
+        networks.append(resolver._network)
+    assert networks[0] is not networks[1]
+
+
+@needs_runtime
 @avx2_only
 @pytest.mark.skipif(cpu_info().fast_int8, reason="int8 dot products: auto calibrates on every raster")
 def test_auto_calibrates_int8_only_where_the_raster_repays_it(rgb_crop, tmp_path, monkeypatch) -> None:

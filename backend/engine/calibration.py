@@ -67,16 +67,19 @@ def calibration_crops(
 
 def calibrate_on_raster(plan: TilePlan, info: SourceInfo, step: ModelStep) -> bool:
     """Calibrate the resolver's int8 network on the raster when its precision asks for it
-    (``auto`` on a CPU without int8 dot products: only on a large enough raster).
+    (``auto`` on a CPU without int8 dot products: only on a large enough raster), whatever
+    an earlier raster calibrated (a batch shares one resolver).
 
-    Returns whether int8 is in use afterwards.
+    Returns whether int8, calibrated on this raster, runs it.
     """
     resolver = step.resolver
+    if hasattr(resolver, "forget_calibration"):
+        resolver.forget_calibration()
     output_pixels = plan.width * plan.height * plan.scale * plan.scale
     if output_pixels >= INT8_MIN_OUTPUT_PIXELS and hasattr(resolver, "consider_int8"):
         resolver.consider_int8()
     if not getattr(resolver, "needs_calibration", False):
-        return resolver.precision == "int8"
+        return False
     try:
         return resolver.calibrate(calibration_crops(plan, info, step), tiled=len(plan) > 1)
     except InferenceError as exc:
