@@ -192,7 +192,7 @@ class SuperResolver:
     laptops and servers, where emulated bf16 is slower than fp32) it runs the network in a
     CPU inference runtime (``runtime``: OpenVINO first, then ONNX Runtime, when installed),
     checked against torch fp32 on the probe; where the CPU has int8 dot products (VNNI,
-    AMX; ``auto_int8``; elsewhere where the caller offers it, :meth:`consider_int8`),
+    AMX; ``auto_int8``; elsewhere on large rasters, :meth:`for_calibration`),
     :meth:`calibrate` on real imagery then switches to int8 if the int8 network stays
     within ``AUTO_INT8_MIN_PSNR`` of fp32 on it. ``precision='int8'``
     takes the int8 network after calibration whatever its error.
@@ -447,22 +447,24 @@ class SuperResolver:
         self.runtime, self._cpu_path = name, path
         return path.fp32
 
-    def consider_int8(self) -> bool:
-        """Make int8 a candidate of ``precision='auto'`` on a CPU without int8 dot products,
-        where it repays its calibration only on enough pixels (the engine decides from the
-        raster's size, :mod:`backend.engine.calibration`). Returns whether a candidate waits
-        for :meth:`calibrate`; a no-op where a precision was asked for or torch runs."""
-        if self._wanted == "auto" and self._cpu_path is not None and self.precision == "fp32":
-            self._calibrate = True
-        return self.needs_calibration
+    def for_calibration(self, large: bool = True) -> SuperResolver | None:
+        """A copy of this resolver whose int8 network waits for :meth:`calibrate` on one
+        raster, or None where int8 is no candidate: a precision other than 'auto'/'int8',
+        torch running the network, int8 already in use, or 'auto' on a CPU without int8
+        dot products for a raster not ``large`` enough to repay the calibration (the engine
+        decides, :mod:`backend.engine.calibration`).
 
-    def forget_calibration(self) -> None:
-        """Back to the fp32 network, with int8 a candidate again as at the start: the engine
-        calibrates on each raster it processes, since ranges measured on another raster
-        could clip this one's values without the probe ever seeing it."""
-        if self.precision == "int8" and self._cpu_path is not None:
-            self.precision, self._network = "fp32", self._cpu_path.fp32
-            self._calibrate = self._wanted == "int8" or self._auto_int8
+        The copy shares the model and the compiled graphs; its precision and network are its
+        own, so the resolver a batch or a worker's threads share never changes under another
+        raster, and each raster gets int8 ranges measured on itself.
+        """
+        if self._cpu_path is None or self.precision != "fp32":
+            return None
+        if not (self._wanted == "int8" or (self._wanted == "auto" and (self._auto_int8 or large))):
+            return None
+        twin = copy.copy(self)
+        twin._calibrate = True
+        return twin
 
     @property
     def needs_calibration(self) -> bool:
@@ -491,9 +493,13 @@ class SuperResolver:
         try:
             int8, reference = self._cpu_path.int8(inputs)
             with torch.inference_mode():
-                statistics = [self._cpu_path.record(x) for x in inputs] if tiled else None
-                test = torch.cat([t.flatten() for t in _run_together(int8, inputs, statistics)])
-        except (ValueError, RuntimeError, ImportError) as exc:
+                if tiled:  # side by side, as the tiles will run
+                    statistics = [self._cpu_path.record(x) for x in inputs]
+                    outputs = _run_together(int8, inputs, statistics)
+                else:  # one by one, as whole images run (the build they will use)
+                    outputs = [int8(x, None) for x in inputs]
+                test = torch.cat([t.flatten() for t in outputs])
+        except (ValueError, RuntimeError, ImportError, OSError) as exc:  # OSError: a graph's export
             if self._wanted == "int8":
                 raise InferenceError(f"int8 calibration failed ({one_line(exc)})") from None
             return False
@@ -565,8 +571,8 @@ class SuperResolver:
 
     @contextlib.contextmanager
     def _exporting(self) -> Iterator[None]:
-        """A CPU runtime exports each graph on first use: a full or read-only disk then is
-        the user's to fix, in one line."""
+        """A CPU runtime exports, quantizes and compiles each graph on first use: what goes
+        wrong there is a one-line error (a full or read-only disk is the user's to fix)."""
         try:
             yield
         except OSError as exc:
@@ -575,6 +581,13 @@ class SuperResolver:
             raise InferenceError(
                 f"cannot write the network's {self.runtime} graph ({one_line(exc)}); free disk space "
                 "or set SLIMDIFFSR_CACHE to a writable folder"
+            ) from None
+        except (RuntimeError, ValueError) as exc:
+            if self._cpu_path is None:
+                raise
+            raise InferenceError(
+                f"the {self.runtime} runtime failed on this network ({one_line(exc)}); "
+                "use precision fp32, which runs it in torch"
             ) from None
 
     @torch.inference_mode()

@@ -66,21 +66,22 @@ def calibration_crops(
 
 
 def calibrate_on_raster(plan: TilePlan, info: SourceInfo, step: ModelStep) -> bool:
-    """Calibrate the resolver's int8 network on the raster when its precision asks for it
-    (``auto`` on a CPU without int8 dot products: only on a large enough raster), whatever
-    an earlier raster calibrated (a batch shares one resolver).
+    """Calibrate int8 on the raster when the precision asks for it (``auto`` on a CPU without
+    int8 dot products: only on a large enough raster), in a copy of the resolver that then
+    runs this raster (``step.resolver``): the resolver a batch shares keeps no raster's
+    ranges, and every raster is calibrated on itself.
 
     Returns whether int8, calibrated on this raster, runs it.
     """
-    resolver = step.resolver
-    if hasattr(resolver, "forget_calibration"):
-        resolver.forget_calibration()
     output_pixels = plan.width * plan.height * plan.scale * plan.scale
-    if output_pixels >= INT8_MIN_OUTPUT_PIXELS and hasattr(resolver, "consider_int8"):
-        resolver.consider_int8()
-    if not getattr(resolver, "needs_calibration", False):
+    prepare = getattr(step.resolver, "for_calibration", None)
+    candidate = prepare(large=output_pixels >= INT8_MIN_OUTPUT_PIXELS) if prepare else None
+    if candidate is None:
         return False
     try:
-        return resolver.calibrate(calibration_crops(plan, info, step), tiled=len(plan) > 1)
+        if not candidate.calibrate(calibration_crops(plan, info, step), tiled=len(plan) > 1):
+            return False
     except InferenceError as exc:
         raise EngineError(str(exc)) from None
+    step.resolver = candidate
+    return True

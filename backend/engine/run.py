@@ -85,9 +85,11 @@ def upscale_raster(
         step = ModelStep(resolver, job.radiometry)
         temp = TempOutput(job.dst)
         with job.failures(temp):
-            # int8 on CPUs without bf16 (precision auto/int8); the log then names what runs
-            if calibrate_on_raster(plan, job.info, step) and log:
-                log(f"device: {resolver.description} (calibrated on this raster)")
+            # int8 on CPUs without bf16 (precision auto/int8): a calibrated copy then runs
+            if calibrate_on_raster(plan, job.info, step):
+                resolver = step.resolver
+                if log:
+                    log(f"device: {resolver.description} (calibrated on this raster)")
             cache = gather_statistics(plan, job.info, step)  # shared by every tile
             ran = _model_facts(resolver)  # after calibration: the precision it runs at
             skipped, crs_wkt = job.write(

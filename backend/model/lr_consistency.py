@@ -88,14 +88,19 @@ def enlarge_sparse(image: torch.Tensor, scale: int) -> torch.Tensor:
     interpolation matrices, 5 x ``scale`` output pixels a side (its four taps and the border
     clamp). The engine's highlights beyond the radiometric stretch are such an image (about
     0.1 % of the pixels): its dense enlargement cost as much as the in-range one.
-    Falls back to ``enlarge`` where a sixteenth or more of the pixels are non-zero. The
-    same values as ``enlarge`` to float rounding (tests/test_lr_consistency.py).
+    Falls back to ``enlarge`` where the footprints would hold more values than the output
+    (more than one pixel in 25 non-zero), on images too small for a footprint, and beyond
+    ``MATRIX_MAX_SIDE``. The same values as ``enlarge`` to float rounding
+    (tests/test_lr_consistency.py).
     """
     b, c, h, w = image.shape
-    planes, ys, xs = torch.nonzero(image.reshape(b * c, h, w), as_tuple=True)
-    if planes.numel() * 16 >= image.numel() or min(h, w) < 5:  # dense, or too small for a footprint
-        return enlarge(image, scale)
     side = 5 * scale
+    planes, ys, xs = torch.nonzero(image.reshape(b * c, h, w), as_tuple=True)
+    if (
+        planes.numel() * side * side > image.numel() * scale * scale
+        or not 5 <= min(h, w) <= max(h, w) <= MATRIX_MAX_SIDE
+    ):
+        return enlarge(image, scale)
     rows = bicubic_matrix(h, scale, image.dtype)
     cols = rows if w == h else bicubic_matrix(w, scale, image.dtype)
     steps = torch.arange(side)
