@@ -169,18 +169,14 @@ def probe_errors(test: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def _run_together(
-    network: Callable[..., torch.Tensor],
-    images: Sequence[torch.Tensor],
-    statistics: Sequence[torch.Tensor] | None = None,
+    network: Callable[..., torch.Tensor], images: Sequence[torch.Tensor], statistics: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
-    """``network`` on each of ``images`` ([1, C, H, W]; with ``statistics``, each its own
-    [1, size]): as one batch when they share a size (a CPU runtime then runs them side by
-    side), else one by one."""
+    """``network`` on each of ``images`` ([1, C, H, W]) with its own ``statistics`` ([1, size]):
+    as one batch when they share a size (a CPU runtime then runs them side by side), else
+    one by one."""
     if len({tuple(x.shape) for x in images}) == 1:
-        rows = None if statistics is None else torch.cat(list(statistics))
-        return list(network(torch.cat(list(images)), rows).split(1))
-    rows_each: list[torch.Tensor | None] = [None] * len(images) if statistics is None else list(statistics)
-    return [network(x, r) for x, r in zip(images, rows_each, strict=True)]
+        return list(network(torch.cat(list(images)), torch.cat(list(statistics))).split(1))
+    return [network(x, r) for x, r in zip(images, statistics, strict=True)]
 
 
 class SuperResolver:
@@ -566,11 +562,11 @@ class SuperResolver:
                     f"a batch of {up.shape[0]} does not split into tiles of {statistics.images} images"
                 )
             rows = statistics.for_batch(up.shape[0] // statistics.images)
-        with self._exporting():
+        with self._runtime_errors():
             return self._network(self._to_device(up.float()), rows)
 
     @contextlib.contextmanager
-    def _exporting(self) -> Iterator[None]:
+    def _runtime_errors(self) -> Iterator[None]:
         """A CPU runtime exports, quantizes and compiles each graph on first use: what goes
         wrong there is a one-line error (a full or read-only disk is the user's to fix)."""
         try:
@@ -602,7 +598,7 @@ class SuperResolver:
         """
         self._check_multiple(up)
         if self._cpu_path is not None and (joint or up.shape[0] == 1):
-            with self._exporting():
+            with self._runtime_errors():
                 return GlobalStatistics(self._cpu_path.record(up.float()))
         if self._recorder is None:
             self._recorder = FusedStudent(self.model)

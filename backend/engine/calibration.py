@@ -74,8 +74,7 @@ def calibrate_on_raster(plan: TilePlan, info: SourceInfo, step: ModelStep) -> bo
     Returns whether int8, calibrated on this raster, runs it.
     """
     output_pixels = plan.width * plan.height * plan.scale * plan.scale
-    prepare = getattr(step.resolver, "for_calibration", None)
-    candidate = prepare(large=output_pixels >= INT8_MIN_OUTPUT_PIXELS) if prepare else None
+    candidate = step.resolver.for_calibration(large=output_pixels >= INT8_MIN_OUTPUT_PIXELS)
     if candidate is None:
         return False
     try:
