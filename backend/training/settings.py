@@ -151,6 +151,14 @@ class TrainSettings:
         metadata=cli("held-out rasters/folders (default: a hash-chosen fraction of --data)", group="data"),
     )
     val_fraction: float = field(default=0.1, metadata=cli("share of files held out", group="data"))
+    split_seed: int | None = field(
+        default=None,
+        metadata=cli(
+            "seed of the held-out choice (default: --seed); a continued run keeps its parent's "
+            "held-out files while drawing new crops with another --seed",
+            group="data",
+        ),
+    )
     scale: int = field(default=4, metadata=cli("upscaling factor", choices=(2, 4, 8), group="data"))
     crop: int = field(
         default=128, metadata=cli("HR crop size in pixels; the paper trains on 256", group="data")

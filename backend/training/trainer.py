@@ -146,7 +146,8 @@ class BaseTrainer(Generic[M]):
             raise TrainingError(f"no raster files found under {', '.join(self.s.data)}")
         if self.s.val_data:
             return files, find_rasters(self.s.val_data)
-        return stable_split(files, self.s.val_fraction, self.s.seed)
+        split_seed = self.s.seed if self.s.split_seed is None else self.s.split_seed
+        return stable_split(files, self.s.val_fraction, split_seed)
 
     # -- one step ----------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
