@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import random_rgb, write_raster
 
 from backend.cli import COMMANDS, build_parser, main
 from backend.model import COMPACT_STUDENT
@@ -290,15 +291,12 @@ def test_split_seed_keeps_the_parent_runs_held_out_files(tmp_path: Path, tiny_co
     out the same files (--split-seed), so its validation never sees its parent's data."""
     folder = tmp_path / "many"
     folder.mkdir()
-    rng = np.random.default_rng(3)
     for i in range(12):
-        with rasterio.open(
-            folder / f"f{i:02d}.tif", "w", driver="GTiff", width=48, height=48, count=3, dtype="uint8"
-        ) as ds:
-            ds.write(rng.integers(0, 255, (3, 48, 48), dtype=np.uint8))
+        write_raster(folder / f"f{i:02d}.tif", random_rgb(48, seed=i), crs=None)
 
-    def held_out(**kw) -> tuple[list[str], torch.Tensor]:
-        trainer = StudentTrainer(settings(folder, tmp_path / f"run{len(kw)}{kw}", tiny_config, **kw))
+    def held_out(**kw: int) -> tuple[list[str], torch.Tensor]:
+        run = tmp_path / "_".join(f"{k}{v}" for k, v in kw.items())
+        trainer = StudentTrainer(settings(folder, run, tiny_config, **kw))
         return sorted(p.name for p in trainer.val_files), trainer.dataset[0]
 
     parent, parent_crop = held_out(seed=5)
@@ -306,4 +304,4 @@ def test_split_seed_keeps_the_parent_runs_held_out_files(tmp_path: Path, tiny_co
     assert other != parent  # the seeds split differently, so the next line tests something
     continued, continued_crop = held_out(seed=6, split_seed=5)
     assert continued == parent
-    assert not torch.equal(continued_crop, parent_crop)  # new crops all the same
+    assert not torch.equal(continued_crop, parent_crop)  # yet the crops are new
