@@ -27,7 +27,7 @@ from backend.inference import SuperResolver
 from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.degradation_estimator import DegradationEstimator, EstimatorConfig
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
-from backend.regimes import RegimeExperts, image_crops
+from backend.regimes import CROP_SIDE, RegimeExperts, image_crops
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 from devtools.margin import edge_profile, receptive_margin
 
@@ -418,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=2031, help="the experts' split seed (same held-out files)")
     r.add_argument("--train-crops", type=int, default=2000)
     r.add_argument("--val-crops", type=int, default=300, help="crops of the held-out files (its report)")
+    r.add_argument(
+        "--crop",
+        type=int,
+        default=CROP_SIDE,
+        help=f"LR pixels a side of each crop (default {CROP_SIDE}, the engine's); smaller at x8, where "
+        "64 LR pixels are 512 HR pixels, more than most training files have",
+    )
     r.add_argument("--cache", required=True, help="folder for the labelled crops (a rerun resumes from it)")
     r.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
@@ -475,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         model, summary = train_router(
             Path(args.shared) / "data" / "train",
             _complete(Path(args.weights)),
-            RouterSettings(seed=args.seed, train_crops=args.train_crops, val_crops=args.val_crops),
+            RouterSettings(
+                seed=args.seed, train_crops=args.train_crops, val_crops=args.val_crops, crop=args.crop
+            ),
             Path(args.cache),
         )
         print(json.dumps(summary))

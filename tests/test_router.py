@@ -3,6 +3,7 @@ and picks the best for the raster (backend.training.router, EstimatorConfig.mixt
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,11 @@ def test_router_labels_resume_from_their_chunks_and_training_packs_with_the_expe
     assert y.abs().max() <= settings.max_gain and x.min() >= -1 and x.max() <= 1
     again = labelled_crops(files, resolvers, 4, 24, settings, 11, tmp_path / "cache", said.append)
     assert len(said) == 2 and torch.equal(again[0], x) and torch.equal(again[1], y)  # read, not recomputed
+    # another crop size (x8 routers use smaller ones) labels its own chunks, never the cached ones
+    small = labelled_crops(
+        files, resolvers, 4, 12, replace(settings, crop=12), 11, tmp_path / "cache", said.append
+    )
+    assert len(said) == 3 and small[0].shape == (12, 3, 12, 12)
     router, summary = train_router(
         shared_data / "train", loaded, settings, tmp_path / "cache2", log=said.append
     )
@@ -167,3 +173,9 @@ def test_router_labels_resume_from_their_chunks_and_training_packs_with_the_expe
     )
     assert packed.experts is not None and packed.experts.estimator.config.mixtures == router.config.mixtures
     assert packed.metadata["training"]["estimator"]["kind"] == "router"
+    # a routed file trains a new router too (the labels are its experts', so cached), reporting
+    # the previous router's choices on the same held-out crops
+    _, again = train_router(shared_data / "train", packed, settings, tmp_path / "cache2", log=said.append)
+    held_again = again["held_out_crops"]
+    assert isinstance(held_again, dict) and "previous_router_choice_gain_db" in held_again
+    assert held_again["oracle_gain_db"] >= held_again["previous_router_choice_gain_db"]

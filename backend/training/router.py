@@ -159,7 +159,7 @@ def labelled_crops(
     xs, ys = [], []
     for start in range(0, count, settings.chunk):
         n = min(settings.chunk, count - start)
-        path = cache / f"x{scale}_seed{seed}_{start:06d}_{n}.safetensors"
+        path = cache / f"x{scale}_crop{settings.crop}_seed{seed}_{start:06d}_{n}.safetensors"
         if path.is_file():
             saved = load_file(str(path))
             x, y = saved["lr"], saved["gains"]
@@ -234,11 +234,16 @@ def train_router(
     model.eval()
     with torch.inference_mode():
         held = choice_report(model(vx), vy, names)
-        classifier_choice = classifier(vx).argmax(1)
+        before = classifier(vx)
     index = {m: i for i, m in enumerate(mixtures)}
-    regimes = classifier.config.regimes
-    as_classifier = torch.tensor([index[((regimes[int(c)], 1.0),)] for c in classifier_choice])
-    held["classifier_choice_gain_db"] = round(float(vy.gather(1, as_classifier[:, None]).mean()), 3)
+    if classifier.config.mixtures:  # the file already had a router: its choices, for comparison
+        # (a router's candidates are the mixtures of its file's experts, as these)
+        earlier = torch.tensor([index[classifier.config.mixtures[int(c)]] for c in before.argmax(1)])
+        held["previous_router_choice_gain_db"] = round(float(vy.gather(1, earlier[:, None]).mean()), 3)
+    else:  # a classifier: its most probable expert alone
+        regimes = classifier.config.regimes
+        as_classifier = torch.tensor([index[((regimes[int(c)], 1.0),)] for c in before.argmax(1)])
+        held["classifier_choice_gain_db"] = round(float(vy.gather(1, as_classifier[:, None]).mean()), 3)
     summary: dict[str, object] = {
         "kind": "router",
         "held_out_crops": held,
