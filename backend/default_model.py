@@ -28,6 +28,7 @@ from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.degradation_estimator import DegradationEstimator, EstimatorConfig
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.regimes import CROP_SIDE, RegimeExperts, image_crops
+from backend.training.router import NATIVE_SOFT
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 from devtools.margin import edge_profile, receptive_margin
 
@@ -425,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"LR pixels a side of each crop (default {CROP_SIDE}, the engine's); smaller at x8, where "
         "64 LR pixels are 512 HR pixels, more than most training files have",
     )
+    r.add_argument(
+        "--native-soft",
+        type=float,
+        default=NATIVE_SOFT,
+        help=f"share of HR crops blurred before reduction, natively soft imagery (default {NATIVE_SOFT})",
+    )
     r.add_argument("--cache", required=True, help="folder for the labelled crops (a rerun resumes from it)")
     r.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
@@ -483,7 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.shared) / "data" / "train",
             _complete(Path(args.weights)),
             RouterSettings(
-                seed=args.seed, train_crops=args.train_crops, val_crops=args.val_crops, crop=args.crop
+                seed=args.seed,
+                train_crops=args.train_crops,
+                val_crops=args.val_crops,
+                crop=args.crop,
+                native_soft_prob=args.native_soft,
             ),
             Path(args.cache),
         )

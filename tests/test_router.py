@@ -154,6 +154,14 @@ def test_router_labels_resume_from_their_chunks_and_training_packs_with_the_expe
         files, resolvers, 4, 12, replace(settings, crop=12), 11, tmp_path / "cache", said.append
     )
     assert len(said) == 3 and small[0].shape == (12, 3, 12, 12)
+    # so does another share of natively soft crops; with none, no HR crop is blurred, so the
+    # crops whose draw blurred them differ and the others are the same LR
+    sharp = labelled_crops(
+        files, resolvers, 4, 12, replace(settings, native_soft_prob=0.0), 11, tmp_path / "cache", said.append
+    )
+    assert len(said) == 4
+    same = [bool(torch.equal(a, b)) for a, b in zip(sharp[0], x[:12], strict=True)]
+    assert 0 < sum(same) < 12
     router, summary = train_router(
         shared_data / "train", loaded, settings, tmp_path / "cache2", log=said.append
     )

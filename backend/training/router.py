@@ -52,6 +52,10 @@ PAIR_WEIGHTS = (0.3, 0.5, 0.7)
 """Weights of the first regime in the two-expert candidates (multiples of the engine's
 mixture step, so a candidate is exactly the network the engine builds)."""
 
+NATIVE_SOFT = 0.3
+"""Default share of HR crops blurred before reduction (natively soft imagery); the label
+cache names other shares, so crops of different shares never mix."""
+
 
 def candidate_mixtures(
     names: tuple[str, ...], weights: tuple[float, ...] = PAIR_WEIGHTS
@@ -71,7 +75,7 @@ class RouterSettings:
     val_crops: int = 300
     chunk: int = 100  # crops per saved chunk of labels
     batch: int = 16  # crops per network run
-    native_soft_prob: float = 0.3
+    native_soft_prob: float = NATIVE_SOFT
     native_sigma: tuple[float, float] = (0.5, 1.5)  # HR pixels
     border: int = 4  # LR pixels left out of each crop's PSNR (the crop's own edge)
     max_gain: float = 4.0  # dB; labels clipped (flat crops give extreme ratios)
@@ -159,7 +163,8 @@ def labelled_crops(
     xs, ys = [], []
     for start in range(0, count, settings.chunk):
         n = min(settings.chunk, count - start)
-        path = cache / f"x{scale}_crop{settings.crop}_seed{seed}_{start:06d}_{n}.safetensors"
+        soft = f"_soft{settings.native_soft_prob:g}" if settings.native_soft_prob != NATIVE_SOFT else ""
+        path = cache / f"x{scale}_crop{settings.crop}{soft}_seed{seed}_{start:06d}_{n}.safetensors"
         if path.is_file():
             saved = load_file(str(path))
             x, y = saved["lr"], saved["gains"]
