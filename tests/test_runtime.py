@@ -139,6 +139,34 @@ def test_openvino_streams_run_a_batch_side_by_side_as_one_by_one(model, graph_ca
     assert SuperResolver(model, 4, "cpu", "fp32", runtime="torch").parallel_tiles == 1
 
 
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
+def test_openvino_fixed_shape_builds_give_the_open_builds_output(model, graph_cache) -> None:
+    """With fixed shapes every call (a batch or a lone image) runs a build compiled for its
+    image shape, with the open build's output and the same output whatever the batch;
+    at most STATIC_BUILDS shapes are kept, and the open builds are never compiled."""
+    from backend.runtime.engines import STATIC_BUILDS, OpenVinoNetwork
+
+    graph = cached_onnx(model, graph_cache)
+    gen = torch.Generator().manual_seed(4)
+
+    def images(n: int, h: int, w: int) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(torch.rand(n, 3, h, w, generator=gen), 3, 1, 1) * 2 - 1
+
+    x = images(3, 48, 64)
+    open_build = load_network("openvino", graph, threads=2)
+    expected = torch.cat([open_build(x[i : i + 1]) for i in range(3)])
+    network = OpenVinoNetwork(graph, threads=2, streams=2, fixed_shapes=True)
+    got = network(x)  # one wave of two, then one alone
+    assert float((got - expected).abs().max()) < 1e-5
+    assert torch.equal(torch.cat([network(x[i : i + 1]) for i in range(3)]), got)
+    assert list(network._fixed) == [((1, 3, 48, 64),)]
+    for side in (32, 48, 64):
+        lone = images(1, side, side)
+        assert float((network(lone) - open_build(lone)).abs().max()) < 1e-5
+    assert list(network._fixed) == [((1, 3, s, s),) for s in (32, 48, 64)][-STATIC_BUILDS:]
+    assert network._single is None and not network._parallel
+
+
 @needs_runtime
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:

@@ -23,12 +23,15 @@ from backend.engine.plan import TilePlan
 from backend.engine.reader import SourceInfo, TileReader
 from backend.inference import InferenceError
 
-INT8_MIN_OUTPUT_PIXELS = 8_000_000
+INT8_MIN_OUTPUT_PIXELS = 25_000_000
 """Output pixels from which ``auto`` calibrates int8 on a CPU without int8 dot products.
 Measured with the bundled x4 model on AMD EPYC family 25 model 1 (Zen 3, 2 cores, AVX2 +
-FMA, no VNNI): OpenVINO int8 ran a batch of two 1072 px tiles in 1.55-1.76 s against
-1.69-2.13 s in fp32 (engine, both streams), while calibrating costs about 1.1 s; it breaks
-even near 7 Mpx of output, and a 16.8 Mpx run (1024^2 -> 4096^2) used 9 % less CPU time."""
+FMA, no VNNI), tiles in fixed-shape builds (:class:`backend.runtime.engines.OpenVinoNetwork`),
+CLI, engine time: 1024^2 -> 4096^2 (16.8 Mpx) fp32 22.8 / 23.7 / 24.2 s against int8
+26.6 / 27.5 / 27.0 s; the whole 2041 x 1860 Landsat scene (60.7 Mpx) fp32 83.2 s against
+int8 70.0 s. Calibrating, with the int8 build for the probe and the one for the tiles,
+costs about 10 s more than loading the cached fp32 build, and int8 then saves about 0.38 s
+per Mpx of output: it breaks even near 26 Mpx."""
 
 CALIBRATION_CROPS = 4
 """Crops read for calibration, spread evenly over the plan's windows."""

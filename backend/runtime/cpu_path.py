@@ -54,15 +54,18 @@ class CpuRuntimePath:
         # network batches of this many tiles.
         self.streams = PARALLEL_STREAMS if runtime == "openvino" and self.threads >= PARALLEL_STREAMS else 1
         self._cache = cache
-        # Each graph is exported (a few seconds for new weights) and compiled on first use.
+        # Each graph is exported (a few seconds for new weights) and compiled on first use;
+        # the one with frozen statistics runs a raster's tiles, all of one shape.
         self.fp32: Network = StatisticsDispatch(
-            runtime, lambda: self._load(self.plain_graph()), lambda: self._load(self.statistics_graph())
+            runtime,
+            lambda: self._load(self.plain_graph()),
+            lambda: self._load(self.statistics_graph(), fixed_shapes=True),
         )
         self.quantized = 0
         self._recorder: Network | None = None
 
-    def _load(self, graph: Path | bytes) -> Network:
-        return load_network(self.runtime, graph, self.threads, self.streams)
+    def _load(self, graph: Path | bytes, fixed_shapes: bool = False) -> Network:
+        return load_network(self.runtime, graph, self.threads, self.streams, fixed_shapes)
 
     def plain_graph(self) -> Path:
         """The fp32 graph image -> image, each image with its own statistics."""
@@ -87,13 +90,15 @@ class CpuRuntimePath:
         graphs are quantized from the fp32 ones on first use, as those are exported."""
         ranges, reference = activation_ranges(self.model, images)
 
-        def quantized(graph: Path) -> Network:
+        def quantized(graph: Path, fixed_shapes: bool = False) -> Network:
             int8_graph, self.quantized = quantize_graph(graph.read_bytes(), ranges)
             if not self.quantized:
                 raise ValueError("no convolution of this network could be quantized")
-            return self._load(int8_graph)
+            return self._load(int8_graph, fixed_shapes)
 
         network = StatisticsDispatch(
-            self.runtime, lambda: quantized(self.plain_graph()), lambda: quantized(self.statistics_graph())
+            self.runtime,
+            lambda: quantized(self.plain_graph()),
+            lambda: quantized(self.statistics_graph(), fixed_shapes=True),
         )
         return network, reference
