@@ -655,11 +655,13 @@ class SuperResolver:
         lr: np.ndarray,
         stats: ColorStats | None = None,
         pad_multiple: int = RELEASE_PAD_MULTIPLE,
+        statistics: GlobalStatistics | None = None,
     ) -> np.ndarray:
         """One image, HxWxC float in [0, 1] -> (sH)x(sW)xC float32 in [0, 1].
 
         Without ``stats`` the colour match uses this image's own statistics, exactly as the
-        release; a tiled caller passes global ones.
+        release; a tiled caller passes global ones. ``statistics``: the network's global
+        statistics (:meth:`run_network`), as a raster's tiles get them.
         """
         lr = np.asarray(lr, dtype=np.float32)
         if lr.ndim != 3 or lr.shape[2] != self.model.config.image_channels:
@@ -668,7 +670,7 @@ class SuperResolver:
             )
         x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None] * 2 - 1
         up = self.upsample(x)
-        sr, padded = self.restore(up, pad_multiple)
+        sr, padded = self.restore(up, pad_multiple, statistics)
         sr = self.consistent(sr, x)
         if self.color_match:
             sr = (stats or image_stats(sr, padded)).apply(sr)

@@ -101,6 +101,25 @@ def test_global_statistics_are_used_instead_of_the_image_s_own(tiny_model) -> No
     assert np.abs(fixed - expected).max() < 1e-6
 
 
+def test_an_image_as_one_tile_with_its_own_network_statistics_matches_the_release_way(tiny_model) -> None:
+    """super_resolve with the network's global statistics recorded on the image itself (a
+    raster of one tile, as the benchmark's tile rows run it) gives the release's output;
+    statistics of another image change it."""
+    resolver = SuperResolver(tiny_model, 4, "cpu", "fp32")
+    lr, other = _image(16, 16), _image(16, 16, 7)
+
+    def statistics_of(image: np.ndarray):
+        x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None] * 2 - 1
+        return resolver.record_statistics(resolver.pad(resolver.upsample(x)))
+
+    def run(statistics=None) -> np.ndarray:
+        return resolver.super_resolve(lr, pad_multiple=resolver.multiple, statistics=statistics)
+
+    own = run()
+    assert np.abs(run(statistics_of(lr)) - own).max() < 1e-5
+    assert np.abs(run(statistics_of(other)) - own).max() > 1e-4
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no native bf16")
 def test_bf16_network_error_is_small_on_a_random_student(tiny_model) -> None:
     """Raw network output in bf16 stays within 1 % relative L2 (centred) of fp32."""
