@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from backend.runtime.memory import prefer_huge_pages
+
 COMMANDS: dict[str, str] = {
     "upscale": "backend.engine.command",
     "upscale-batch": "backend.engine.batch_command",
@@ -38,6 +40,7 @@ def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentPar
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    prefer_huge_pages()  # before any command imports torch
     # Build only the requested subcommand's parser when we can tell which it is.
     commands = COMMANDS
     if argv and argv[0] in COMMANDS:

@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     if str(Path(__file__).resolve().parent.parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from backend.runtime.memory import prefer_huge_pages
+
+    prefer_huge_pages()  # before a request's handler imports torch
     stdin = open(sys.stdin.fileno(), encoding="utf-8", closefd=False)
     return serve(stdin, protocol_out)
 

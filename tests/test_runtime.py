@@ -471,3 +471,28 @@ def test_engine_batches_cpu_tiles_by_the_runtimes_streams_with_the_same_output(t
         with rasterio.open(tmp_path / name) as dst:
             outputs.append(dst.read())
     assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_torch_is_asked_for_huge_pages_only_before_it_loads(monkeypatch) -> None:
+    """The entry points ask torch's allocator for huge pages before torch loads; a user's own
+    setting wins, and once torch is loaded the call changes nothing (it would be ignored)."""
+    import os
+    import subprocess
+    import sys
+
+    from backend.runtime.memory import TORCH_HUGE_PAGES, prefer_huge_pages
+
+    code = (
+        "import os; from backend.runtime.memory import prefer_huge_pages; prefer_huge_pages(); "
+        f"print(os.environ.get('{TORCH_HUGE_PAGES}'))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    for preset, expected in ((None, "1"), ("0", "0")):
+        env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES}
+        if preset is not None:
+            env[TORCH_HUGE_PAGES] = preset
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == expected, out.stderr
+    monkeypatch.delenv(TORCH_HUGE_PAGES, raising=False)
+    prefer_huge_pages()  # torch is loaded in this process
+    assert TORCH_HUGE_PAGES not in os.environ
