@@ -669,8 +669,17 @@ class SuperResolver:
                 f"expected an HxWx{self.model.config.image_channels} image, got shape {lr.shape}"
             )
         x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None] * 2 - 1
-        up = self.upsample(x)
-        sr, padded = self.restore(up, pad_multiple, statistics)
+        sr, padded = self.restore(self.upsample(x), pad_multiple, statistics)
+        return self.finish_image(sr, x, padded, stats)
+
+    @torch.inference_mode()
+    def finish_image(
+        self, sr: torch.Tensor, x: torch.Tensor, padded: torch.Tensor, stats: ColorStats | None = None
+    ) -> np.ndarray:
+        """:meth:`restore`'s raw output [1, C, sH, sW] of the input ``x`` [1, C, H, W] (both in
+        [-1, 1]; ``padded``: the bicubic input it ran on) -> the image as
+        :meth:`super_resolve` returns it: LR consistency and colour match as the weights
+        ask (``stats`` as there)."""
         sr = self.consistent(sr, x)
         if self.color_match:
             sr = (stats or image_stats(sr, padded)).apply(sr)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from backend.inference import InferenceError, SuperResolver, image_stats
+from backend.inference import InferenceError, SuperResolver
 from backend.model import PRESETS, SlimDiffSRStudent, StudentConfig
 from backend.model.global_context import GlobalStatistics
 from backend.runtime.cpu import cpu_info
@@ -191,10 +191,7 @@ def paths_for(
             if key not in recorded:
                 recorded[key] = r.record_statistics(r.pad(up))
             sr, padded = r.restore(up.expand(copies, -1, -1, -1), r.multiple, recorded[key])
-            sr = r.consistent(sr[:1], x)
-            if r.color_match:  # as super_resolve: the image's own colour statistics
-                sr = image_stats(sr, padded[:1]).apply(sr)
-            return (sr / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            return r.finish_image(sr[:1], x, padded[:1])
 
         return BenchPath(f"{name}, tiles side by side", run, r.description, images=copies)
 

@@ -8,7 +8,7 @@ int8 graphs are derived from them in memory for each calibration (:mod:`backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -54,18 +54,21 @@ class CpuRuntimePath:
         # network batches of this many tiles.
         self.streams = PARALLEL_STREAMS if runtime == "openvino" and self.threads >= PARALLEL_STREAMS else 1
         self._cache = cache
-        # Each graph is exported (a few seconds for new weights) and compiled on first use;
-        # the one with frozen statistics runs a raster's tiles, all of one shape.
-        self.fp32: Network = StatisticsDispatch(
-            runtime,
-            lambda: self._load(self.plain_graph()),
-            lambda: self._load(self.statistics_graph(), fixed_shapes=True),
-        )
+        # Each graph is exported (a few seconds for new weights) and compiled on first use.
+        self.fp32: Network = self._networks(lambda graph: graph)
         self.quantized = 0
         self._recorder: Network | None = None
 
-    def _load(self, graph: Path | bytes, fixed_shapes: bool = False) -> Network:
-        return load_network(self.runtime, graph, self.threads, self.streams, fixed_shapes)
+    def _networks(self, transform: Callable[[Path], Path | bytes]) -> StatisticsDispatch:
+        """The plain and the frozen-statistics network, each from ``transform`` of its exported
+        graph when first used. The frozen one runs a raster's tiles, which all have one
+        shape: OpenVINO compiles it for that shape (``fixed_shapes``)."""
+        runtime, threads, streams = self.runtime, self.threads, self.streams
+        return StatisticsDispatch(
+            runtime,
+            lambda: load_network(runtime, transform(self.plain_graph()), threads, streams),
+            lambda: load_network(runtime, transform(self.statistics_graph()), threads, streams, True),
+        )
 
     def plain_graph(self) -> Path:
         """The fp32 graph image -> image, each image with its own statistics."""
@@ -90,15 +93,10 @@ class CpuRuntimePath:
         graphs are quantized from the fp32 ones on first use, as those are exported."""
         ranges, reference = activation_ranges(self.model, images)
 
-        def quantized(graph: Path, fixed_shapes: bool = False) -> Network:
+        def quantized(graph: Path) -> bytes:
             int8_graph, self.quantized = quantize_graph(graph.read_bytes(), ranges)
             if not self.quantized:
                 raise ValueError("no convolution of this network could be quantized")
-            return self._load(int8_graph, fixed_shapes)
+            return int8_graph
 
-        network = StatisticsDispatch(
-            self.runtime,
-            lambda: quantized(self.plain_graph()),
-            lambda: quantized(self.statistics_graph(), fixed_shapes=True),
-        )
-        return network, reference
+        return self._networks(quantized), reference

@@ -170,20 +170,21 @@ class OpenVinoNetwork:
             self._fixed.move_to_end(shapes)
             return self._fixed[shapes]
         model = self._model.clone()
-        model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=False)})
-        compiled = self._core.compile_model(model, "CPU", self._config | {"NUM_STREAMS": self.streams})
+        model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=True)})
         while len(self._fixed) >= STATIC_BUILDS:
             self._fixed.popitem(last=False)
-        self._fixed[shapes] = [compiled.create_infer_request() for _ in range(self.streams)]
+        self._fixed[shapes] = self._streams_build(model)
         return self._fixed[shapes]
 
     def _requests(self) -> list[Any]:
         if not self._parallel:
-            compiled = self._core.compile_model(
-                self._model, "CPU", self._config | {"NUM_STREAMS": self.streams}
-            )
-            self._parallel = [compiled.create_infer_request() for _ in range(self.streams)]
+            self._parallel = self._streams_build(self._model)
         return self._parallel
+
+    def _streams_build(self, model: Any) -> list[Any]:
+        """``model`` compiled for the parallel streams: one request per stream."""
+        compiled = self._core.compile_model(model, "CPU", self._config | {"NUM_STREAMS": self.streams})
+        return [compiled.create_infer_request() for _ in range(self.streams)]
 
     def __call__(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         if not self.fixed_shapes and (x.shape[0] == 1 or self.streams == 1):
