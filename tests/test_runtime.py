@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import backend.inference as inference
+import backend.runtime.export as export
 from backend.inference import AUTO_INT8_MIN_PSNR, InferenceError, SuperResolver, cpu_has_fast_bf16
 from backend.model import SlimDiffSRStudent
 from backend.model.config import TINY_STUDENT
@@ -18,7 +19,7 @@ from backend.model.fused_student import FusedStudent
 from backend.model.global_context import GlobalContext
 from backend.runtime.cpu import CpuInfo, cpu_info, parse_cpuinfo
 from backend.runtime.engines import available_runtimes, load_network
-from backend.runtime.export import ImageOnly, cached_onnx
+from backend.runtime.export import GRAPHS, ImageOnly, cached_onnx, export_onnx
 
 RUNTIMES = available_runtimes()
 needs_runtime = pytest.mark.skipif(not RUNTIMES, reason="neither OpenVINO nor ONNX Runtime is installed")
@@ -188,6 +189,69 @@ def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:
         with torch.inference_mode():
             expected = fused(x * 2 - 1, GlobalContext.frozen(rows))[1]
         assert float((frozen(x * 2 - 1, rows) - expected).abs().max()) < 1e-4
+
+
+def _other_weights(model: SlimDiffSRStudent, seed: int) -> SlimDiffSRStudent:
+    """``model``'s architecture with other random weights (as a new expert mixture is)."""
+    torch.manual_seed(seed)
+    return SlimDiffSRStudent(model.config).eval()
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_new_weights_get_the_graph_a_trace_gives_without_tracing(model, graph, tmp_path, monkeypatch) -> None:
+    """The first weights of an architecture are traced and their graph kept as the template;
+    other weights of it get the template with their tensors written in: the same nodes and
+    the same initializers as a fresh trace of them, and never a second trace."""
+    import onnx
+    from onnx import numpy_helper
+
+    cached_onnx(model, tmp_path, graph)
+    assert len(list(tmp_path.glob(f"template-*-{graph}.onnx"))) == 1
+    other = _other_weights(model, 7)
+    traced = export_onnx(other, tmp_path / "fresh" / "traced.onnx", graph)
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("traced again"))
+    swapped = onnx.load(str(cached_onnx(other, tmp_path, graph)))
+    reference = onnx.load(str(traced))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in swapped.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in reference.graph.node
+    ]
+    got = {t.name: numpy_helper.to_array(t) for t in swapped.graph.initializer}
+    want = {t.name: numpy_helper.to_array(t) for t in reference.graph.initializer}
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    template = onnx.load(str(next(tmp_path.glob(f"template-*-{graph}.onnx"))))
+    assert any(not np.array_equal(got[t.name], numpy_helper.to_array(t)) for t in template.graph.initializer)
+
+
+@needs_runtime
+def test_a_swapped_graph_runs_its_own_weights(model, graph_cache) -> None:
+    """Run in a runtime, the graph made from the template computes the new weights'
+    network (torch fp32 to 1e-4), not the template's."""
+    cached_onnx(model, graph_cache)
+    other = _other_weights(model, 8)
+    network = load_network(RUNTIMES[0], cached_onnx(other, graph_cache), threads=1)
+    x = torch.nn.functional.avg_pool2d(
+        torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(4)), 3, 1, 1
+    )
+    with torch.inference_mode():
+        want, template = ImageOnly(other).eval()(x * 2 - 1), ImageOnly(model).eval()(x * 2 - 1)
+    got = network(x * 2 - 1)
+    assert float((got - want).abs().max()) < 1e-4 < float((got - template).abs().max())
+
+
+def test_a_template_that_does_not_fit_is_traced_over(model, tmp_path) -> None:
+    """A template with an initializer the weights lack (a stale or foreign file under the
+    architecture's name) is not used: the weights are traced."""
+    import onnx
+    from onnx import numpy_helper
+
+    template = export_onnx(model, tmp_path / "template.onnx")
+    broken = onnx.load(str(template))
+    first = broken.graph.initializer[0]
+    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first), "no.such.tensor"))
+    onnx.save(broken, str(template))
+    assert export.swap_weights(template, model, tmp_path / "out.onnx") is None
+    assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
@@ -378,8 +442,9 @@ def test_a_mixture_takes_its_files_runtime_and_tiles_without_the_plain_graph(
     report = upscale_raster(src, tmp_path / "out.tif", mixed, UpscaleOptions(tile_size=64, precision="fp32"))
     assert report.tiles > 1
     key = weights_key(mixed.model)
-    exported = {p.name for p in cache.glob("*.onnx")}
+    exported = {p.name for p in cache.glob("student-*.onnx")}
     assert exported == {f"student-{key}-frozen.onnx", f"student-{key}-record.onnx"}
+    assert {p.name.rsplit("-", 1)[1] for p in cache.glob("template-*.onnx")} == {"frozen.onnx", "record.onnx"}
 
     reference = SuperResolver(mixed.model, 4, "cpu", "fp32", runtime="torch")
     up = reference.upsample(torch.from_numpy(_crop_lr(src)) * 2 - 1)
