@@ -43,6 +43,8 @@ from backend.runtime.cpu import cpu_info
 from backend.weights import LoadedWeights
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from backend.runtime.cpu_path import CpuRuntimePath
 
 NetworkFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -508,6 +510,16 @@ class SuperResolver:
             self.precision, self._network = "int8", int8
             return True
         return False
+
+    def prepare_graphs(self) -> list[Path]:
+        """Export the CPU runtime's graphs of this network ahead of the first raster (the
+        plugin's setup does it for the bundled models): a raster then only compiles them,
+        and every expert mixture of these weights gets its graphs without a trace. Returns
+        the graph files; none where torch runs the network (GPU, bf16 CPUs, no runtime)."""
+        if self._cpu_path is None:
+            return []
+        with self._runtime_errors():
+            return self._cpu_path.export_graphs()
 
     @property
     def parallel_tiles(self) -> int:

@@ -140,6 +140,9 @@ def test_setup_logs_pip_and_the_self_test_then_upscale_runs(set_up, fixtures_dir
     log = "\n".join(result["log"]["info"])
     assert "Successfully installed" in log or "already satisfied" in log  # pip's own output
     assert "self-test: device: cpu" in log
+    # the bundled models made ready for this CPU (graphs exported, or torch: nothing to export)
+    assert re.search(r"prepare: x4: cpu .*(graphs exported|nothing to export)", log)
+    assert re.search(r"prepare: x8: cpu .*(graphs exported|nothing to export)", log)
     assert re.search(r"backend environment ready: .* \(\d+\.\d\d GB", log)
     assert 100 < result["results"]["ENV_SIZE_MB"] < 3000  # the CPU build, not the 4.9 GB CUDA one
 

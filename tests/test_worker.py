@@ -88,6 +88,31 @@ def test_probe_through_the_real_worker() -> None:
     assert result["rasterio"] and "cuda_available" in result
 
 
+def test_prepare_exports_the_bundled_models_graphs_once(tmp_path, monkeypatch) -> None:
+    """The setup's last step: both bundled models load as a raster would load them and
+    their CPU runtime's graphs are exported (one trace per architecture: x8 shares x4's);
+    a second prepare finds them and exports nothing again."""
+    from backend.inference import SuperResolver
+    from backend.weights import default_weights_path, load_weights
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SLIMDIFFSR_CACHE", str(cache))
+    feedback = RecordingFeedback()
+    result = run_request({"type": "prepare"}, feedback, python=Path(sys.executable), root=ROOT)
+    assert set(result) == {"x4", "x8"}
+    for scale in (4, 8):
+        expected = SuperResolver.from_weights(load_weights(default_weights_path(scale)))
+        assert result[f"x{scale}"]["device"] == expected.description
+        assert result[f"x{scale}"]["graphs"] == (0 if expected.runtime == "torch" else 3)
+        assert f"x{scale}: {expected.description}" in feedback.text()
+    files = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.onnx")}
+    if result["x4"]["graphs"]:
+        assert len([n for n in files if n.startswith("template-")]) == 3  # x4 and x8: one architecture
+        assert len([n for n in files if n.startswith("student-")]) == 6
+    run_request({"type": "prepare"}, RecordingFeedback(), python=Path(sys.executable), root=ROOT)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.onnx")} == files
+
+
 def test_library_prints_do_not_reach_the_protocol_stream() -> None:
     """Anything printed by the backend lands on stderr; stdout carries only JSON lines."""
     # stdin stays open until the answer: end of stdin means "cancel" to the worker

@@ -78,13 +78,21 @@ class CpuRuntimePath:
         """The fp32 graph taking frozen global statistics."""
         return cached_onnx(self.model, self._cache, "frozen")
 
+    def record_graph(self) -> Path:
+        """The fp32 graph recording one image's global statistics."""
+        return cached_onnx(self.model, self._cache, "record")
+
+    def export_graphs(self) -> list[Path]:
+        """Every graph of this network, exported now rather than on first use: the first
+        export of an architecture is a trace that later weights of it (the experts'
+        mixtures) are spared (:mod:`backend.runtime.export`)."""
+        return [self.plain_graph(), self.record_graph(), self.statistics_graph()]
+
     def record(self, crops: torch.Tensor) -> torch.Tensor:
         """The global statistics [1, size] of one image from a batch of its crops (network
         inputs), in fp32 whatever the tiles then run at; compiled on first use."""
         if self._recorder is None:
-            self._recorder = load_network(
-                self.runtime, cached_onnx(self.model, self._cache, "record"), self.threads
-            )
+            self._recorder = load_network(self.runtime, self.record_graph(), self.threads)
         return self._recorder(crops)
 
     def int8(self, images: Sequence[torch.Tensor]) -> tuple[Network, list[torch.Tensor]]:
