@@ -90,17 +90,25 @@ def upscale_raster(
                 resolver = step.resolver
                 if log:
                     log(f"device: {resolver.description} (calibrated on this raster)")
-            if len(plan) > 1:  # the tiles' build compiles beside the statistics pass
+            # the tiles' build compiles beside the statistics pass
+            warming = (
                 step.resolver.prepare_tiles(plan.scale * plan.rows.tile, plan.scale * plan.cols.tile)
-            cache = gather_statistics(plan, job.info, step)  # shared by every tile
-            ran = _model_facts(resolver)  # after calibration: the precision it runs at
-            skipped, crs_wkt = job.write(
-                temp,
-                ran,
-                lambda dst: _execute(
-                    plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
-                ),
+                if len(plan) > 1
+                else None
             )
+            try:
+                cache = gather_statistics(plan, job.info, step)  # shared by every tile
+                ran = _model_facts(resolver)  # after calibration: the precision it runs at
+                skipped, crs_wkt = job.write(
+                    temp,
+                    ran,
+                    lambda dst: _execute(
+                        plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
+                    ),
+                )
+            finally:
+                if warming is not None:  # a failed run leaves no compile running as the process exits
+                    warming.join()
     if progress:
         progress(Progress(1.0, len(plan), len(plan), job.elapsed, 0.0, "done"))
     return job.report(ran, skipped, crs_wkt, resolver.description)
