@@ -90,25 +90,17 @@ def upscale_raster(
                 resolver = step.resolver
                 if log:
                     log(f"device: {resolver.description} (calibrated on this raster)")
-            # the tiles' build compiles beside the statistics pass
-            warming = (
+            if len(plan) > 1:  # the tiles' build compiles beside the statistics pass
                 step.resolver.prepare_tiles(plan.scale * plan.rows.tile, plan.scale * plan.cols.tile)
-                if len(plan) > 1
-                else None
+            cache = gather_statistics(plan, job.info, step)  # shared by every tile
+            ran = _model_facts(resolver)  # after calibration: the precision it runs at
+            skipped, crs_wkt = job.write(
+                temp,
+                ran,
+                lambda dst: _execute(
+                    plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
+                ),
             )
-            try:
-                cache = gather_statistics(plan, job.info, step)  # shared by every tile
-                ran = _model_facts(resolver)  # after calibration: the precision it runs at
-                skipped, crs_wkt = job.write(
-                    temp,
-                    ran,
-                    lambda dst: _execute(
-                        plan, job.info, step, dst, cache, options, job.batch, progress, cancel, job.t0
-                    ),
-                )
-            finally:
-                if warming is not None:  # a failed run leaves no compile running as the process exits
-                    warming.join()
     if progress:
         progress(Progress(1.0, len(plan), len(plan), job.elapsed, 0.0, "done"))
     return job.report(ran, skipped, crs_wkt, resolver.description)
