@@ -521,28 +521,6 @@ class SuperResolver:
         with self._runtime_errors():
             return self._cpu_path.export_graphs()
 
-    def prepare_tiles(self, height: int, width: int) -> threading.Thread | None:
-        """Start building the network a raster's tiles run (network inputs ``height`` x
-        ``width``, frozen statistics) in a background thread, and return it; None where
-        nothing is built per shape (torch).
-
-        OpenVINO compiles the tiles' build for their exact shape (2.1-2.5 s for the bundled
-        model, 0.6 s from its cache, on one core of a 2-core AMD EPYC family 25 model 1):
-        started before the statistics pass, it runs beside it instead of before the first
-        tile. A failure here is left to the first tile, which builds again and reports it.
-        """
-        prepare = getattr(self._network, "prepare", None)
-        if prepare is None:
-            return None
-
-        def build() -> None:
-            with contextlib.suppress(Exception):
-                prepare((1, self.model.config.image_channels, height, width))
-
-        thread = threading.Thread(target=build, name="slimdiffsr-prepare-tiles", daemon=True)
-        thread.start()
-        return thread
-
     @property
     def parallel_tiles(self) -> int:
         """Tiles the network runs side by side in one batch (the CPU runtime's streams; 1

@@ -168,34 +168,6 @@ def test_openvino_fixed_shape_builds_give_the_open_builds_output(model, graph_ca
     assert network._single is None and not network._parallel
 
 
-@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO is not installed")
-def test_the_tiles_build_prepared_in_the_background_is_the_one_they_run(model, graph_cache) -> None:
-    """``prepare_tiles`` compiles the frozen-statistics build for the tiles' shape in a
-    thread (the statistics input's size read from the graph); the tiles then run that
-    build, compiled once, with the output of a resolver that did not prepare. Torch has
-    nothing to prepare."""
-    from backend.runtime.engines import OpenVinoNetwork
-
-    x = torch.nn.functional.avg_pool2d(
-        torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(6)), 3, 1, 1
-    )
-    up = x * 2 - 1
-    prepared = SuperResolver(model, 4, "cpu", "fp32", runtime="openvino")
-    thread = prepared.prepare_tiles(48, 64)
-    assert thread is not None
-    thread.join(timeout=120)
-    frozen = prepared._network._frozen
-    assert isinstance(frozen, OpenVinoNetwork) and frozen.fixed_shapes
-    statistics = prepared.record_statistics(up)
-    assert list(frozen._fixed) == [((1, 3, 48, 64), (1, statistics.values.shape[1]))]
-    builds = dict(frozen._fixed)
-    got = prepared.run_network(up, statistics)
-    assert dict(frozen._fixed) == builds  # no second compile
-    plain = SuperResolver(model, 4, "cpu", "fp32", runtime="openvino")
-    assert torch.equal(got, plain.run_network(up, plain.record_statistics(up)))
-    assert SuperResolver(model, 4, "cpu", "fp32", runtime="torch").prepare_tiles(48, 64) is None
-
-
 @needs_runtime
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_statistics_graphs_equal_torch(model, runtime, graph_cache) -> None:

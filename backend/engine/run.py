@@ -90,8 +90,6 @@ def upscale_raster(
                 resolver = step.resolver
                 if log:
                     log(f"device: {resolver.description} (calibrated on this raster)")
-            if len(plan) > 1:  # the tiles' build compiles beside the statistics pass
-                step.resolver.prepare_tiles(plan.scale * plan.rows.tile, plan.scale * plan.cols.tile)
             cache = gather_statistics(plan, job.info, step)  # shared by every tile
             ran = _model_facts(resolver)  # after calibration: the precision it runs at
             skipped, crs_wkt = job.write(

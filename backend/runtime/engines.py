@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -83,27 +82,15 @@ class StatisticsDispatch:
         self._build_frozen = with_statistics
         self._plain: Network | None = None
         self._frozen: Network | None = None
-        self._lock = threading.Lock()  # the frozen graph may be built by prepare's thread
-
-    def _frozen_network(self) -> Network:
-        with self._lock:
-            if self._frozen is None:
-                self._frozen = self._build_frozen()
-            return self._frozen
 
     def __call__(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         if statistics is None:
             if self._plain is None:
                 self._plain = self._build_plain()
             return self._plain(x)
-        return self._frozen_network()(x, statistics)
-
-    def prepare(self, image: tuple[int, ...]) -> None:
-        """Build the frozen-statistics network for single images of shape ``image`` now
-        (a raster's tiles), where the runtime compiles per shape; else only load it."""
-        network = self._frozen_network()
-        if isinstance(network, OpenVinoNetwork):
-            network.prepare(image)
+        if self._frozen is None:
+            self._frozen = self._build_frozen()
+        return self._frozen(x, statistics)
 
 
 STATIC_BUILDS = 2
@@ -167,7 +154,6 @@ class OpenVinoNetwork:
         self._single: Any = None
         self._parallel: list[Any] = []
         self._fixed: OrderedDict[tuple[tuple[int, ...], ...], list[Any]] = OrderedDict()
-        self._fixed_lock = threading.Lock()
         self.name = "openvino"
 
     def _request(self) -> Any:
@@ -179,32 +165,16 @@ class OpenVinoNetwork:
         return self._single
 
     def _fixed_requests(self, shapes: tuple[tuple[int, ...], ...]) -> list[Any]:
-        """The streams' requests of the build for inputs of exactly ``shapes`` (one image);
-        a build that :meth:`prepare` is compiling is waited for, not compiled twice."""
-        with self._fixed_lock:
-            if shapes in self._fixed:
-                self._fixed.move_to_end(shapes)
-                return self._fixed[shapes]
-            model = self._model.clone()
-            model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=True)})
-            while len(self._fixed) >= STATIC_BUILDS:
-                self._fixed.popitem(last=False)
-            self._fixed[shapes] = self._streams_build(model)
+        """The streams' requests of the build for inputs of exactly ``shapes`` (one image)."""
+        if shapes in self._fixed:
+            self._fixed.move_to_end(shapes)
             return self._fixed[shapes]
-
-    def prepare(self, image: tuple[int, ...]) -> None:
-        """Compile the fixed-shape build for single images of shape ``image`` (the graph's
-        other inputs, the statistics, have a fixed size) before the first call needs it; a
-        no-op for open builds or a graph whose other inputs are not fixed."""
-        if not self.fixed_shapes:
-            return
-        shapes = [tuple(image)]
-        for port in self._model.inputs[1:]:
-            dims = port.get_partial_shape()
-            if any(d.is_dynamic for d in list(dims)[1:]):
-                return
-            shapes.append((1, *(d.get_length() for d in list(dims)[1:])))
-        self._fixed_requests(tuple(shapes))
+        model = self._model.clone()
+        model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=True)})
+        while len(self._fixed) >= STATIC_BUILDS:
+            self._fixed.popitem(last=False)
+        self._fixed[shapes] = self._streams_build(model)
+        return self._fixed[shapes]
 
     def _requests(self) -> list[Any]:
         if not self._parallel:
