@@ -200,7 +200,11 @@ def _export(model: SlimDiffSRStudent, base: Path, path: Path, graph: str) -> Pat
         if swapped is not None:
             return swapped
     export_onnx(model, path, graph)
-    if not template.is_file():
+    try:  # the trace is the template: a second name for the same file, not a copy
+        os.link(path, template)  # (the paper student's graphs are 220 MB each)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
 
         def copy(tmp: str) -> None:
             shutil.copyfile(path, tmp)
