@@ -373,6 +373,36 @@ def _log_odds(value: str) -> float:
         raise SystemExit(f"error: --prior wants a number of log-odds, not {value!r}") from None
 
 
+def unpack(weights: Path, out: Path) -> list[Path]:
+    """A degradation-aware file -> each expert as a plain file of its architecture
+    (``<regime>_x<scale>.safetensors``) and its estimator (``estimator.safetensors``), so a
+    later run can train an expert further from where the shipped one stopped (``--init``)
+    and :func:`finalize` can pack the result with the same estimator again."""
+    loaded = load_weights(weights)
+    if loaded.experts is None:
+        raise ValueError(f"{weights.name} holds one network, no experts; train from it directly")
+    training = loaded.metadata.get("training") or {}
+    runs = training.get("experts", {}) if isinstance(training, dict) else {}
+    written = []
+    for regime in loaded.experts.names:
+        model = loaded.model
+        model.load_state_dict(loaded.experts.states[regime])
+        run = training.get("clean") if regime == loaded.experts.names[0] else runs.get(regime)
+        written.append(
+            save_safetensors(
+                model,
+                out / f"{regime}_x{loaded.scale}.safetensors",
+                loaded.scale,
+                name=f"{loaded.metadata.get('name') or 'student'}, {regime} expert",
+                training=run if isinstance(run, dict) else None,
+                color_match=False,
+            )
+        )
+    summary = training.get("estimator", {}) if isinstance(training, dict) else {}
+    written.append(save_estimator(loaded.experts.estimator, out / "estimator.safetensors", summary))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.default_model")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -384,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--encoder-blocks", required=True, help="blocks per encoder stage, e.g. 0,0,1")
     d.add_argument("--decoder-blocks", required=True, help="blocks per decoder stage, e.g. 1,0,0")
     d.add_argument("--out", required=True)
+    x = sub.add_parser(
+        "unpack", help="a file with experts -> each expert and the estimator as files (to train further)"
+    )
+    x.add_argument("weights", help="a degradation-aware file, e.g. the bundled model")
+    x.add_argument("--out", required=True, help="folder")
     f = sub.add_parser("finalize", help="trained run weights -> resources/weights file")
     f.add_argument("trained")
     f.add_argument("out")
@@ -464,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
             slim, args.out, loaded.scale, name=f"{loaded.metadata.get('name') or 'student'}, slimmed"
         )
         print(f"wrote {args.out}")
+        return 0
+    if args.command == "unpack":
+        try:
+            written = unpack(Path(args.weights), Path(args.out))
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print("wrote " + ", ".join(str(p) for p in written))
         return 0
     if args.command == "finalize":
         experts = {name: Path(value) for name, value in map(_pair, args.expert)}

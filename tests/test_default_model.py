@@ -15,6 +15,7 @@ from backend.default_model import (
     gains,
     initial_student,
     measure_margin,
+    unpack,
 )
 from backend.engine.job import default_overlap
 from backend.model import COMPACT_STUDENT
@@ -68,6 +69,41 @@ def test_finalize_ships_without_colour_match_and_refuses_unfinished_runs(tmp_pat
     with pytest.raises(SystemExit, match="again to continue"):  # a later stage not started
         finalize(tmp_path / "missing_x4.safetensors", tmp_path / "never.safetensors")
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_unpacked_bundled_file_packs_back_to_the_same_tensors(tmp_path: Path) -> None:
+    """Unpacking the bundled x8 file and finalizing its parts again gives every tensor and
+    the estimator back unchanged, so an expert can be trained further and shipped with the
+    same estimator."""
+    bundled = default_weights_path(8)
+    written = unpack(bundled, tmp_path)
+    assert sorted(p.name for p in written) == [
+        "aliased_x8.safetensors",
+        "clean_x8.safetensors",
+        "estimator.safetensors",
+        "soft_x8.safetensors",
+    ]
+    soft = load_weights(tmp_path / "soft_x8.safetensors")
+    assert soft.experts is None and soft.metadata["training"]["complete"] is True
+    assert soft.metadata["training"]["degradation"]["kind"] == "sensor"
+    packed = finalize(
+        tmp_path / "clean_x8.safetensors",
+        tmp_path / "packed_x8.safetensors",
+        lr_consistency=False,
+        experts={r: tmp_path / f"{r}_x8.safetensors" for r in ("soft", "aliased")},
+        estimator=tmp_path / "estimator.safetensors",
+    )
+    original, again = load_weights(bundled), load_weights(packed)
+    assert original.experts is not None and again.experts is not None
+    assert again.experts.names == original.experts.names
+    for name in original.experts.names:
+        a, b = original.experts.states[name], again.experts.states[name]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = original.experts.estimator.state_dict(), again.experts.estimator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert again.metadata["training"]["estimator"] == original.metadata["training"]["estimator"]
+    with pytest.raises(ValueError, match="no experts"):
+        unpack(tmp_path / "soft_x8.safetensors", tmp_path / "again")
 
 
 # PSNR-Y gain over bicubic on ../shared/data/eval (MODEL_CARD.md has the measured values,
