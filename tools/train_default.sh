@@ -25,8 +25,10 @@
 # shifted by -2 (chosen on the held-out training files). The shipped file holds the
 # networks and the estimator (backend/regimes.py); it runs without the LR-consistency step
 # (which assumes the antialiased kernel, and hurts on the other regimes).
-# CLEAN=<weights> starts from an existing clean network (the shipped file's own, e.g.
-# CLEAN=build/shipped_x4_clean.safetensors) instead of training stages 1-3 again.
+# CLEAN=<weights> starts from an existing clean network instead of training stages 1-3
+# again, e.g. the shipped file's own: `python -m backend.default_model unpack
+# resources/weights/slimdiffsr_default_x4.safetensors --out build/shipped_x4` writes it as
+# build/shipped_x4/clean_x4.safetensors (and the experts and the estimator beside it).
 # Resumable: a call continues each unfinished stage from its checkpoint and stops once
 # MAX_MINUTES (default 110) are spent across its stages, so a 2-core CPU makes progress
 # in chunks of under two hours; run it again to continue. Finished stages are skipped.
