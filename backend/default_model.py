@@ -383,6 +383,7 @@ def unpack(weights: Path, out: Path) -> list[Path]:
         raise ValueError(f"{weights.name} holds one network, no experts; train from it directly")
     training = loaded.metadata.get("training") or {}
     runs = training.get("experts", {}) if isinstance(training, dict) else {}
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for regime in loaded.experts.names:
         model = loaded.model

@@ -76,22 +76,23 @@ def test_unpacked_bundled_file_packs_back_to_the_same_tensors(tmp_path: Path) ->
     the estimator back unchanged, so an expert can be trained further and shipped with the
     same estimator."""
     bundled = default_weights_path(8)
-    written = unpack(bundled, tmp_path)
+    parts = tmp_path / "parts"  # made by unpack
+    written = unpack(bundled, parts)
     assert sorted(p.name for p in written) == [
         "aliased_x8.safetensors",
         "clean_x8.safetensors",
         "estimator.safetensors",
         "soft_x8.safetensors",
     ]
-    soft = load_weights(tmp_path / "soft_x8.safetensors")
+    soft = load_weights(parts / "soft_x8.safetensors")
     assert soft.experts is None and soft.metadata["training"]["complete"] is True
     assert soft.metadata["training"]["degradation"]["kind"] == "sensor"
     packed = finalize(
-        tmp_path / "clean_x8.safetensors",
+        parts / "clean_x8.safetensors",
         tmp_path / "packed_x8.safetensors",
         lr_consistency=False,
-        experts={r: tmp_path / f"{r}_x8.safetensors" for r in ("soft", "aliased")},
-        estimator=tmp_path / "estimator.safetensors",
+        experts={r: parts / f"{r}_x8.safetensors" for r in ("soft", "aliased")},
+        estimator=parts / "estimator.safetensors",
     )
     original, again = load_weights(bundled), load_weights(packed)
     assert original.experts is not None and again.experts is not None
@@ -103,7 +104,7 @@ def test_unpacked_bundled_file_packs_back_to_the_same_tensors(tmp_path: Path) ->
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert again.metadata["training"]["estimator"] == original.metadata["training"]["estimator"]
     with pytest.raises(ValueError, match="no experts"):
-        unpack(tmp_path / "soft_x8.safetensors", tmp_path / "again")
+        unpack(parts / "soft_x8.safetensors", tmp_path / "again")
 
 
 # PSNR-Y gain over bicubic on ../shared/data/eval (MODEL_CARD.md has the measured values,
