@@ -381,17 +381,17 @@ def unpack(weights: Path, out: Path) -> list[Path]:
     loaded = load_weights(weights)
     if loaded.experts is None:
         raise ValueError(f"{weights.name} holds one network, no experts; train from it directly")
-    training = loaded.metadata.get("training") or {}
-    runs = training.get("experts", {}) if isinstance(training, dict) else {}
+    training = loaded.metadata.get("training")
+    training = training if isinstance(training, dict) else {}
+    runs = {loaded.experts.names[0]: training.get("clean"), **(training.get("experts") or {})}
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for regime in loaded.experts.names:
-        model = loaded.model
-        model.load_state_dict(loaded.experts.states[regime])
-        run = training.get("clean") if regime == loaded.experts.names[0] else runs.get(regime)
+        loaded.model.load_state_dict(loaded.experts.states[regime])
+        run = runs.get(regime)
         written.append(
             save_safetensors(
-                model,
+                loaded.model,
                 out / f"{regime}_x{loaded.scale}.safetensors",
                 loaded.scale,
                 name=f"{loaded.metadata.get('name') or 'student'}, {regime} expert",
@@ -399,7 +399,7 @@ def unpack(weights: Path, out: Path) -> list[Path]:
                 color_match=False,
             )
         )
-    summary = training.get("estimator", {}) if isinstance(training, dict) else {}
+    summary = training.get("estimator") or {}
     written.append(save_estimator(loaded.experts.estimator, out / "estimator.safetensors", summary))
     return written
 
