@@ -18,6 +18,7 @@ from backend.training.data import (
     describe_raster,
     dihedral,
     find_rasters,
+    recolour,
     stable_split,
 )
 from backend.training.degradations import bicubic_downscale, network_input
@@ -103,6 +104,78 @@ def test_sampling_weighs_files_by_area_or_its_square_root(raster_folder: Path):
     assert by_root.weights[areas.argmin()] > by_area.weights[areas.argmin()]
     with pytest.raises(DataError, match="sampling must be one of"):
         RasterCropDataset(files, 64, sampling="uniform")
+
+
+def test_recolour_keeps_range_structure_and_makes_grey_and_reordered_bands():
+    rng = np.random.default_rng(5)
+    # Three distinct smooth bands: a ramp, its transpose and their product.
+    ramp = np.linspace(0.05, 0.95, 32, dtype=np.float32)
+    x = np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.outer(ramp, ramp)])
+    greys = reordered = 0
+    spreads: list[float] = []
+
+    def monotone(src: np.ndarray, band: np.ndarray) -> bool:
+        order = np.argsort(src, axis=None, kind="stable")
+        return bool(np.all(np.diff(band.ravel()[order]) >= -1e-6))
+
+    for _ in range(200):
+        y = recolour(x, rng)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+        # Monotone per band: each output band ranks pixels as one input band does.
+        if np.allclose(y[0], y[1]) and np.allclose(y[1], y[2]):
+            greys += 1
+            continue
+        sources = [next(i for i, src in enumerate(x) if monotone(src, band)) for band in y]
+        assert sorted(sources) == [0, 1, 2]
+        reordered += sources != [0, 1, 2]
+        spreads.append(float(np.mean([np.ptp(b) for b in y])))
+    # Contrast is only lowered: on average the bands span less than the input's.
+    assert np.mean(spreads) < 0.9 * float(np.mean([np.ptp(b) for b in x]))
+    assert 25 <= greys <= 75  # about a quarter
+    assert reordered > 100  # five of six orders move a band
+
+
+def test_colour_augment_and_zoom_out_are_seeded_and_off_by_default(raster_folder: Path):
+    files = find_rasters([raster_folder])
+    plain = RasterCropDataset(files, 32, seed=7, max_invalid=0.0)
+    recoloured = RasterCropDataset(files, 32, seed=7, max_invalid=0.0, colour_augment=1.0)
+    zoomed = RasterCropDataset(files, 32, seed=7, max_invalid=0.0, zoom_out=2.0)
+    for ds in (recoloured, zoomed):
+        again = RasterCropDataset(
+            files, 32, seed=7, max_invalid=0.0, colour_augment=ds.colour_augment, zoom_out=ds.zoom_out
+        )
+        crops = [ds[i] for i in range(16)]
+        assert all(c.shape == (3, 32, 32) and 0.0 <= float(c.min()) and float(c.max()) <= 1.0 for c in crops)
+        assert all(torch.equal(c, again[i]) for i, c in enumerate(crops))
+        assert sum(not torch.equal(c, plain[i]) for i, c in enumerate(crops)) >= 4
+    # Off (the defaults), the crops are those of a dataset without the options.
+    off = RasterCropDataset(files, 32, seed=7, max_invalid=0.0, colour_augment=0.0, zoom_out=1.0)
+    assert all(torch.equal(off[i], plain[i]) for i in range(16))
+    with pytest.raises(DataError, match="colour_augment"):
+        RasterCropDataset(files, 32, colour_augment=1.5)
+    with pytest.raises(DataError, match="zoom_out"):
+        RasterCropDataset(files, 32, zoom_out=0.5)
+
+
+def test_zoom_out_reads_a_larger_window_reduced_to_the_crop(tmp_path: Path):
+    # Vertical stripes 8 px wide: a crop at the file's GSD shows 4 periods of 16 px over
+    # 64 px; one zoomed out by f shows about 4 f periods.
+    cols = (np.arange(256) // 8 % 2 * 200 + 20).astype(np.uint8)
+    write_raster(tmp_path / "stripes.tif", np.broadcast_to(cols, (3, 256, 256)).copy())
+    ds = RasterCropDataset([tmp_path / "stripes.tif"], 64, seed=1, zoom_out=3.0, colour_augment=0.0)
+
+    def periods(crop: torch.Tensor) -> float:
+        across, along = crop[0].mean(dim=0).numpy(), crop[0].mean(dim=1).numpy()
+        profile = across if across.std() > along.std() else along  # the crop may be rotated
+        spectrum = np.abs(np.fft.rfft(profile - profile.mean()))
+        return float(spectrum.argmax())  # the stripes' dominant frequency: periods per crop
+
+    counts = [periods(ds[i]) for i in range(40)]
+    native = [c for c in counts if c == 4]
+    zoomed = [c for c in counts if c > 4]
+    assert len(native) >= 10 and len(zoomed) >= 10  # about half each
+    assert len(native) + len(zoomed) == len(counts) and max(counts) <= 3 * 4
 
 
 def test_dihedral_group_is_complete():

@@ -21,7 +21,16 @@ arises):
   it in proportion to the square root of its area instead, so that a few large files
   (or many frames of one scene) do not crowd out many small distinct scenes; sample
   ``i`` depends only on ``(seed, i)``, which makes a training run's data stream
-  reproducible and resumable without saving any loader state.
+  reproducible and resumable without saving any loader state;
+* colour (``colour_augment``, off by default): with that probability a crop's bands are
+  reordered, turned grey, given a gamma and a lower contrast (:func:`recolour`), so that a
+  network trained on a few sensors' colour statistics meets other sensors' without
+  having learned their band correlations by heart;
+* ground sampling distance (``zoom_out``, off by default): half the crops are read from a
+  window up to that many times larger and reduced to the crop size with an antialiased
+  bicubic filter, as if the same ground were imaged at a coarser GSD: structures become
+  smaller and denser (what a 0.3 m city block looks like after a 0.1 m forest plot), and
+  the HR gets sharper, as a different sensor's would.
 """
 
 from __future__ import annotations
@@ -147,6 +156,29 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k & 3, dims=(-2, -1))
 
 
+LUMA = (0.299, 0.587, 0.114)
+
+
+def recolour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random photometric variant of a ``[3, H, W]`` crop in [0, 1], still in [0, 1].
+
+    The variants are what other sensors and products look like, not colour noise: band
+    order (false-colour composites, BGR products), a single band repeated (panchromatic
+    imagery, as the engine feeds it), a gamma of 0.7-1.4 (other stretches) and a contrast
+    lowered to 0.6-1 of the original at a random offset (haze, a wide radiometric range
+    stretched for display). Every map is smooth and monotone per band, so the HR crop
+    stays a plausible sharp image and the LR synthesis applies to it unchanged; the
+    contrast is only lowered because raising it would clip.
+    """
+    x = x[rng.permutation(3)]
+    if rng.random() < 0.25:
+        grey = np.tensordot(np.asarray(LUMA, dtype=x.dtype), x, axes=1)
+        x = np.broadcast_to(grey, x.shape)
+    x = np.power(np.clip(x, 0.0, 1.0), np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    contrast = rng.uniform(0.6, 1.0)
+    return (contrast * x + rng.uniform(0.0, 1.0 - contrast)).astype(np.float32)
+
+
 def stable_split(paths: Sequence[Path], val_fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """Hold out about ``val_fraction`` of the files, chosen by a hash of their names.
 
@@ -187,12 +219,20 @@ class RasterCropDataset(Dataset):
         max_tries: int = 20,
         cache_mb: float = 1024.0,
         sampling: str = "area",
+        colour_augment: float = 0.0,
+        zoom_out: float = 1.0,
     ) -> None:
+        if not 0.0 <= colour_augment <= 1.0:
+            raise DataError("colour_augment must be a probability in [0, 1]")
+        if zoom_out < 1.0:
+            raise DataError("zoom_out must be at least 1 (1: crops at the file's own GSD)")
         if sampling not in SAMPLINGS:
             raise DataError(f"sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
         self.crop = int(crop)
         self.seed = int(seed)
         self.augment = augment
+        self.colour_augment = float(colour_augment) if augment else 0.0
+        self.zoom_out = float(zoom_out) if augment else 1.0
         self.max_invalid = float(max_invalid)
         self.length = int(length)
         self.max_tries = int(max_tries)
@@ -243,26 +283,49 @@ class RasterCropDataset(Dataset):
         self._cached_bytes += values.nbytes + valid.nbytes
         return values, valid
 
-    def read_crop(self, source: RasterSource, top: int, left: int) -> tuple[np.ndarray, float]:
-        """One window -> (float32 [3, crop, crop] in [0, 1], invalid fraction)."""
+    def read_crop(
+        self, source: RasterSource, top: int, left: int, size: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """A square window of ``size`` (the crop) -> (float32 [3, size, size] in [0, 1], invalid share)."""
+        size = size or self.crop
         whole = self._whole_file(source)
         if whole is not None:
-            rows, cols = slice(top, top + self.crop), slice(left, left + self.crop)
+            rows, cols = slice(top, top + size), slice(left, left + size)
             values, valid = whole[0][:, rows, cols], whole[1][rows, cols]
         else:
-            values, valid = self._read(source, Window(left, top, self.crop, self.crop))
+            values, valid = self._read(source, Window(left, top, size, size))
         return source.to_unit(np.nan_to_num(values)), 1.0 - float(valid.mean())
+
+    def _window_size(self, source: RasterSource, rng: np.random.Generator) -> int:
+        """The side of the window read for one crop: the crop itself, or up to ``zoom_out`` times it."""
+        if self.zoom_out <= 1.0 or rng.random() < 0.5:
+            return self.crop
+        largest = min(self.zoom_out * self.crop, source.width, source.height)
+        return round(rng.uniform(self.crop, largest))
+
+    def _to_crop_size(self, values: np.ndarray) -> np.ndarray:
+        """A larger window reduced to the crop size (antialiased bicubic, clamped to [0, 1])."""
+        if values.shape[-1] == self.crop:
+            return values
+        small = torch.nn.functional.interpolate(
+            torch.from_numpy(values)[None], size=(self.crop, self.crop), mode="bicubic", antialias=True
+        )
+        return small[0].clamp_(0.0, 1.0).numpy()
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, int(index)])
         for _ in range(self.max_tries):
             source = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
-            top = int(rng.integers(0, source.height - self.crop + 1))
-            left = int(rng.integers(0, source.width - self.crop + 1))
+            size = self._window_size(source, rng)
+            top = int(rng.integers(0, source.height - size + 1))
+            left = int(rng.integers(0, source.width - size + 1))
             k = int(rng.integers(0, 8))
-            crop, invalid = self.read_crop(source, top, left)
+            crop, invalid = self.read_crop(source, top, left, size)
             if invalid <= self.max_invalid:
-                x = torch.from_numpy(crop)
+                crop = self._to_crop_size(crop)
+                # Drawn after the window, so crops without it are the same as before.
+                recoloured = self.colour_augment > 0 and rng.random() < self.colour_augment
+                x = torch.from_numpy(recolour(crop, rng) if recoloured else crop)
                 return dihedral(x, k).contiguous() if self.augment else x
         # Mostly-empty collections still train: keep the last crop rather than fail.
         return torch.from_numpy(crop)

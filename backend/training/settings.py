@@ -188,6 +188,22 @@ class TrainSettings:
             group="data",
         ),
     )
+    colour_augment: float = field(
+        default=0.0,
+        metadata=cli(
+            "probability that an HR crop's bands are reordered, greyed, given a gamma and a lower"
+            " contrast (robustness to other sensors' colours)",
+            group="data",
+        ),
+    )
+    zoom_out: float = field(
+        default=1.0,
+        metadata=cli(
+            "half the HR crops are read from a window up to this many times larger and reduced to"
+            " the crop (a coarser GSD; 1 = off)",
+            group="data",
+        ),
+    )
     workers: int = field(default=0, metadata=cli("data loader processes", group="data"))
     # -- optimisation
     steps: int = field(default=20000, metadata=cli("optimizer steps of the whole run", group="optimisation"))
@@ -273,3 +289,7 @@ class TrainSettings:
             )
         if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 1:
             raise TrainingError("batch size, gradient accumulation and steps must be positive")
+        if not 0.0 <= self.colour_augment <= 1.0:
+            raise TrainingError(f"colour_augment must be a probability in [0, 1], not {self.colour_augment}")
+        if self.zoom_out < 1.0:
+            raise TrainingError(f"zoom_out must be at least 1, not {self.zoom_out}")

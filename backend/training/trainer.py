@@ -114,6 +114,8 @@ class BaseTrainer(Generic[M]):
             seed=settings.seed,
             max_invalid=settings.max_invalid,
             sampling=settings.sampling,
+            colour_augment=settings.colour_augment,
+            zoom_out=settings.zoom_out,
         )
         self.val_set = (
             FixedCrops(
@@ -326,6 +328,9 @@ class BaseTrainer(Generic[M]):
             return saved[key] == mine[key]
 
         changed = [k for k in saved if k not in free and not same(k)]
+        # A setting added since the checkpoint was written resumes only at its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(self.s)}
+        changed += [k for k in mine if k not in saved and k not in free and mine[k] != defaults.get(k)]
         if changed:
             raise TrainingError(
                 f"{self.checkpoint_path} was written with different settings ({', '.join(sorted(changed))}); "
@@ -389,6 +394,8 @@ class BaseTrainer(Generic[M]):
             "lr_consistency": self.s.lr_consistency,
             "crop": self.s.crop,
             "sampling": self.s.sampling,
+            "colour_augment": self.s.colour_augment,
+            "zoom_out": self.s.zoom_out,
             "batch_size": self.s.batch_size * self.s.grad_accum,
             "lr": self.s.lr,
             "schedule": self.s.schedule,
