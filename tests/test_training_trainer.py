@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -125,6 +126,34 @@ def test_resume_refuses_changed_recipe(image_folder: Path, tmp_path: Path, tiny_
     trainer = StudentTrainer(settings(respelled, tmp_path / "c", tiny_config, steps=2, name="other"))
     trainer.run()
     assert trainer.step == 2
+
+
+def test_a_setting_newer_than_the_checkpoint_resumes_only_at_its_default(
+    image_folder: Path, tmp_path: Path, tiny_config
+):
+    StudentTrainer(settings(image_folder, tmp_path / "e", tiny_config, steps=1)).run()
+    # A checkpoint written before the augmentation options existed.
+    path = tmp_path / "e" / "checkpoint.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(state["settings"])
+    del saved["zoom_out"], saved["colour_augment"]
+    state["settings"] = json.dumps(saved)
+    torch.save(state, path)
+    with pytest.raises(TrainingError, match="zoom_out"):
+        StudentTrainer(settings(image_folder, tmp_path / "e", tiny_config, steps=2, zoom_out=2.0)).run()
+    trainer = StudentTrainer(settings(image_folder, tmp_path / "e", tiny_config, steps=2))
+    trainer.run()
+    assert trainer.step == 2
+
+
+def test_augmented_run_records_its_options(image_folder: Path, tmp_path: Path, tiny_config):
+    path = StudentTrainer(
+        settings(image_folder, tmp_path / "f", tiny_config, steps=2, colour_augment=0.5, zoom_out=1.5)
+    ).run()
+    meta = load_weights(path).metadata["training"]
+    assert (meta["colour_augment"], meta["zoom_out"]) == (0.5, 1.5)
+    with pytest.raises(TrainingError, match="zoom_out"):
+        settings(image_folder, tmp_path / "g", tiny_config, zoom_out=0.5).validate(1)
 
 
 def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_config):
