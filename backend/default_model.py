@@ -468,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         default=NATIVE_SOFT,
         help=f"share of HR crops blurred before reduction, natively soft imagery (default {NATIVE_SOFT})",
     )
+    r.add_argument(
+        "--colour-augment",
+        type=float,
+        default=0.0,
+        help="share of HR crops recoloured (band order, grey, gamma, contrast), as train --colour-augment",
+    )
     r.add_argument("--cache", required=True, help="folder for the labelled crops (a rerun resumes from it)")
     r.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
@@ -538,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                 val_crops=args.val_crops,
                 crop=args.crop,
                 native_soft_prob=args.native_soft,
+                colour_augment=args.colour_augment,
             ),
             Path(args.cache),
         )

@@ -162,6 +162,11 @@ def test_router_labels_resume_from_their_chunks_and_training_packs_with_the_expe
     assert len(said) == 4
     same = [bool(torch.equal(a, b)) for a, b in zip(sharp[0], x[:12], strict=True)]
     assert 0 < sum(same) < 12
+    # recoloured HR crops (grey, band order...) label their own chunks too
+    coloured = labelled_crops(
+        files, resolvers, 4, 12, replace(settings, colour_augment=1.0), 11, tmp_path / "cache", said.append
+    )
+    assert len(said) == 5 and not torch.equal(coloured[0], x[:12])
     router, summary = train_router(
         shared_data / "train", loaded, settings, tmp_path / "cache2", log=said.append
     )

@@ -77,6 +77,7 @@ class RouterSettings:
     batch: int = 16  # crops per network run
     native_soft_prob: float = NATIVE_SOFT
     native_sigma: tuple[float, float] = (0.5, 1.5)  # HR pixels
+    colour_augment: float = 0.0  # share of HR crops recoloured (training data's recolour)
     border: int = 4  # LR pixels left out of each crop's PSNR (the crop's own edge)
     max_gain: float = 4.0  # dB; labels clipped (flat crops give extreme ratios)
     epochs: int = 40
@@ -127,7 +128,13 @@ def labelled_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops ``start .. start+count`` of the seeded sequence: LR [N, 3, c, c] in [-1, 1]
     and their candidates' gains [N, M]. Item i is a pure function of (seed, i)."""
-    source = RasterCropDataset(paths, settings.crop * scale, seed=seed + scale, sampling="sqrt-area")
+    source = RasterCropDataset(
+        paths,
+        settings.crop * scale,
+        seed=seed + scale,
+        sampling="sqrt-area",
+        colour_augment=settings.colour_augment,
+    )
     degraders = _degraders(scale)
     hrs, lrs = [], []
     for i in range(start, start + count):
@@ -164,6 +171,7 @@ def labelled_crops(
     for start in range(0, count, settings.chunk):
         n = min(settings.chunk, count - start)
         soft = f"_soft{settings.native_soft_prob:g}" if settings.native_soft_prob != NATIVE_SOFT else ""
+        soft += f"_colour{settings.colour_augment:g}" if settings.colour_augment else ""
         path = cache / f"x{scale}_crop{settings.crop}{soft}_seed{seed}_{start:06d}_{n}.safetensors"
         if path.is_file():
             saved = load_file(str(path))
