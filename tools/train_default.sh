@@ -21,7 +21,9 @@
 # mixture per raster is picked by a router: crops of the training files labelled with each
 # candidate mixture's PSNR gain (resumable, cached in build/default_x4/router_cache; about
 # 16 min for 2000 crops on 2 cores), then a short training from the classifier's features
-# (backend/training/router.py). x8's is picked by the classifier, its aliased log-odds
+# (backend/training/router.py), then a second router from the first one's features on new
+# labels: 15 % of the HR crops natively soft instead of 30 %, half of them recoloured
+# (--colour-augment 0.5: grey, band order, gamma, contrast). x8's is picked by the classifier, its aliased log-odds
 # shifted by -2 (chosen on the held-out training files). The shipped file holds the
 # networks and the estimator (backend/regimes.py); it runs without the LR-consistency step
 # (which assumes the antialiased kernel, and hurts on the other regimes).
@@ -105,6 +107,17 @@ ship() {  # clean weights, finalize options -> resources/weights/slimdiffsr_defa
       "$run/experts_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
       --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --out "$run/router_x$SCALE.safetensors"
     estimator=$run/router_x$SCALE.safetensors
+    if [[ -n ${ROUTER_NATIVE_SOFT:-} ]]; then
+      # A second router, from the first one's features, on labels where fewer HR crops are
+      # natively soft and half are recoloured (grey, band order...: MODEL_CARD.md).
+      SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
+        "$run/routed_x$SCALE.safetensors" --no-lr-consistency --estimator "$estimator" "$@"
+      [[ -f $run/router2_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
+        "$run/routed_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
+        --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --native-soft "$ROUTER_NATIVE_SOFT" \
+        --colour-augment "${ROUTER_COLOUR:-0}" --out "$run/router2_x$SCALE.safetensors"
+      estimator=$run/router2_x$SCALE.safetensors
+    fi
   fi
   SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
@@ -129,7 +142,7 @@ case "$SCALE" in
     DEGRADATION=sensor-aliased stage "$X4/aliased" slimdiffsr_aliased_x4 "$clean" \
       "${EXPERT_STEPS:-2000}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ROUTER_CROPS=2000 ROUTER_VAL_CROPS=300 ship "$clean" \
+    ROUTER_CROPS=2000 ROUTER_VAL_CROPS=300 ROUTER_NATIVE_SOFT=0.15 ROUTER_COLOUR=0.5 ship "$clean" \
       --expert "soft=$X4/soft/slimdiffsr_soft_x4.safetensors" \
       --expert "aliased=$X4/aliased/slimdiffsr_aliased_x4.safetensors"
     ;;
