@@ -176,6 +176,9 @@ def test_zoom_out_reads_a_larger_window_reduced_to_the_crop(tmp_path: Path):
     zoomed = [c for c in counts if c > 4]
     assert len(native) >= 10 and len(zoomed) >= 10  # about half each
     assert len(native) + len(zoomed) == len(counts) and max(counts) <= 3 * 4
+    # A collection no window of which passes the nodata check still gives crops of the crop size.
+    mostly_empty = RasterCropDataset([tmp_path / "stripes.tif"], 64, seed=1, zoom_out=3.0, max_invalid=-1.0)
+    assert all(mostly_empty[i].shape == (3, 64, 64) for i in range(8))
 
 
 def test_dihedral_group_is_complete():

@@ -328,7 +328,7 @@ class RasterCropDataset(Dataset):
                 x = torch.from_numpy(recolour(crop, rng) if recoloured else crop)
                 return dihedral(x, k).contiguous() if self.augment else x
         # Mostly-empty collections still train: keep the last crop rather than fail.
-        return torch.from_numpy(crop)
+        return torch.from_numpy(self._to_crop_size(crop))
 
 
 class FixedCrops(Dataset):
