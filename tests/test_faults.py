@@ -10,6 +10,7 @@ allowed).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -373,6 +374,21 @@ def test_cli_fault(case: Case, cli_outcomes: dict[str, Outcome], nano: Path) -> 
 # -- full and read-only disks --------------------------------------------------------------------
 
 
+def _held(path: Path) -> bool:
+    """Whether another process holds the lock a live run keeps on its temporary file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
 def stop_when_writing(
     proc: subprocess.Popen,
     folder: Path,
@@ -380,10 +396,12 @@ def stop_when_writing(
     pid: Callable[[], int] | None = None,
     timeout: float = 180,
 ) -> int:
-    """Wait until the run's temporary file appears in ``folder``, then SIGSTOP the process
-    that writes it (``pid()``, default the child itself); returns that pid."""
+    """Wait until the run's temporary file appears in ``folder`` and is locked by its run,
+    then SIGSTOP the process that writes it (``pid()``, default the child itself); returns
+    that pid. (Stopped between creating the file and locking it, the run would leave an
+    unlocked file that another run's clean-up rightly takes for a dead run's.)"""
     deadline = time.monotonic() + timeout
-    while not list(folder.glob(f".{stem}.*.part.tif")):
+    while not any(_held(p) for p in folder.glob(f".{stem}.*.part.tif")):
         if proc.poll() is not None:
             pytest.fail(f"the run ended before writing: {proc.communicate()}")
         if time.monotonic() > deadline:
