@@ -28,7 +28,7 @@ from backend.model import COMPACT_STUDENT, SlimDiffSRStudent
 from backend.model.degradation_estimator import DegradationEstimator, EstimatorConfig
 from backend.model.lr_consistency import enforce_lr_consistency, enlarge
 from backend.regimes import CROP_SIDE, RegimeExperts, image_crops
-from backend.training.router import NATIVE_SOFT
+from backend.training.router import NATIVE_SOFT, RouterSettings
 from backend.weights import LoadedWeights, default_weights_path, load_weights, save_safetensors
 from devtools.margin import edge_profile, receptive_margin
 
@@ -474,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of HR crops recoloured (band order, grey, gamma, contrast), as train --colour-augment",
     )
+    r.add_argument(
+        "--epochs",
+        type=int,
+        default=RouterSettings.epochs,
+        help=f"passes over the labelled crops (default {RouterSettings.epochs}; fewer for more crops, "
+        "the same number of steps)",
+    )
     r.add_argument("--cache", required=True, help="folder for the labelled crops (a rerun resumes from it)")
     r.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="model-card metrics on ../shared/data/eval")
@@ -533,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {save_estimator(model, Path(args.out), summary)}")
         return 0
     if args.command == "router":
-        from backend.training.router import RouterSettings, train_router
+        from backend.training.router import train_router
 
         model, summary = train_router(
             Path(args.shared) / "data" / "train",
@@ -545,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 crop=args.crop,
                 native_soft_prob=args.native_soft,
                 colour_augment=args.colour_augment,
+                epochs=args.epochs,
             ),
             Path(args.cache),
         )

@@ -23,7 +23,7 @@
 # 16 min for 2000 crops on 2 cores), then a short training from the classifier's features
 # (backend/training/router.py), then a second router from the first one's features on new
 # labels: 15 % of the HR crops natively soft instead of 30 %, half of them recoloured
-# (--colour-augment 0.5: grey, band order, gamma, contrast). x8's is picked by the classifier, its aliased log-odds
+# (--colour-augment 0.5: grey, band order, gamma, contrast): ROUTERS="0.3:0 0.15:0.5". x8's is picked by the classifier, its aliased log-odds
 # shifted by -2 (chosen on the held-out training files). The shipped file holds the
 # networks and the estimator (backend/regimes.py); it runs without the LR-consistency step
 # (which assumes the antialiased kernel, and hurts on the other regimes).
@@ -95,30 +95,27 @@ estimator() {  # the degradation estimator shared by x4 and x8 (minutes; redone 
 }
 
 ship() {  # clean weights, finalize options -> resources/weights/slimdiffsr_default_x$SCALE.safetensors
-  # ROUTER_CROPS set: the experts with the classifier first, then a router that learns
-  # from that file's experts and starts from its classifier's features; unset: the
-  # classifier itself picks the mixture.
-  local clean=$1 run=build/default_x$SCALE estimator=$ESTIMATOR
+  # ROUTERS set: the experts with the classifier first, then one router per round, each
+  # learning from the experts and starting from the previous estimator's features (the
+  # classifier's for the first). A round is NATIVE_SOFT:COLOUR, the shares of HR crops
+  # blurred first (natively soft imagery) and recoloured in its labels; ROUTER_CROP is the
+  # crops' LR side. ROUTERS unset: the classifier itself picks the mixture.
+  local clean=$1 run=build/default_x$SCALE estimator=$ESTIMATOR from round=0 spec
   shift
-  if [[ -n ${ROUTER_CROPS:-} ]]; then
-    SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
-      "$run/experts_x$SCALE.safetensors" --no-lr-consistency --estimator "$ESTIMATOR" "$@"
-    [[ -f $run/router_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
-      "$run/experts_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
-      --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --out "$run/router_x$SCALE.safetensors"
-    estimator=$run/router_x$SCALE.safetensors
-    if [[ -n ${ROUTER_NATIVE_SOFT:-} ]]; then
-      # A second router, from the first one's features, on labels where fewer HR crops are
-      # natively soft and half are recoloured (grey, band order...: MODEL_CARD.md).
-      SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
-        "$run/routed_x$SCALE.safetensors" --no-lr-consistency --estimator "$estimator" "$@"
-      [[ -f $run/router2_x$SCALE.safetensors ]] || "$PY" -m backend.default_model router \
-        "$run/routed_x$SCALE.safetensors" --shared "$SHARED" --seed 2031 --cache "$run/router_cache" \
-        --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" --native-soft "$ROUTER_NATIVE_SOFT" \
-        --colour-augment "${ROUTER_COLOUR:-0}" --out "$run/router2_x$SCALE.safetensors"
-      estimator=$run/router2_x$SCALE.safetensors
-    fi
-  fi
+  from=$run/experts_x$SCALE.safetensors
+  for spec in ${ROUTERS:-}; do
+    round=$((round + 1))
+    local out=$run/router_x$SCALE.safetensors
+    ((round == 1)) || out=$run/router${round}_x$SCALE.safetensors
+    SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" "$from" \
+      --no-lr-consistency --estimator "$estimator" "$@"
+    [[ -f $out ]] || "$PY" -m backend.default_model router "$from" --shared "$SHARED" --seed 2031 \
+      --cache "$run/router_cache" --train-crops "$ROUTER_CROPS" --val-crops "$ROUTER_VAL_CROPS" \
+      ${ROUTER_CROP:+--crop "$ROUTER_CROP"} --native-soft "${spec%%:*}" --colour-augment "${spec##*:}" \
+      --out "$out"
+    estimator=$out
+    from=$run/routed${round}_x$SCALE.safetensors
+  done
   SLIMDIFFSR_SHARED=$SHARED "$PY" -m backend.default_model finalize "$clean" \
     "resources/weights/slimdiffsr_default_x$SCALE.safetensors" --no-lr-consistency \
     --estimator "$estimator" "$@"
@@ -142,7 +139,7 @@ case "$SCALE" in
     DEGRADATION=sensor-aliased stage "$X4/aliased" slimdiffsr_aliased_x4 "$clean" \
       "${EXPERT_STEPS:-2000}" 256 2 2e-4 100 2031 --l1 0 --mse 1 --sampling sqrt-area
     estimator
-    ROUTER_CROPS=2000 ROUTER_VAL_CROPS=300 ROUTER_NATIVE_SOFT=0.15 ROUTER_COLOUR=0.5 ship "$clean" \
+    ROUTER_CROPS=2000 ROUTER_VAL_CROPS=300 ROUTERS="0.3:0 0.15:0.5" ship "$clean" \
       --expert "soft=$X4/soft/slimdiffsr_soft_x4.safetensors" \
       --expert "aliased=$X4/aliased/slimdiffsr_aliased_x4.safetensors"
     ;;

@@ -170,9 +170,9 @@ def labelled_crops(
     xs, ys = [], []
     for start in range(0, count, settings.chunk):
         n = min(settings.chunk, count - start)
-        soft = f"_soft{settings.native_soft_prob:g}" if settings.native_soft_prob != NATIVE_SOFT else ""
-        soft += f"_colour{settings.colour_augment:g}" if settings.colour_augment else ""
-        path = cache / f"x{scale}_crop{settings.crop}{soft}_seed{seed}_{start:06d}_{n}.safetensors"
+        variant = f"_soft{settings.native_soft_prob:g}" if settings.native_soft_prob != NATIVE_SOFT else ""
+        variant += f"_colour{settings.colour_augment:g}" if settings.colour_augment else ""
+        path = cache / f"x{scale}_crop{settings.crop}{variant}_seed{seed}_{start:06d}_{n}.safetensors"
         if path.is_file():
             saved = load_file(str(path))
             x, y = saved["lr"], saved["gains"]
