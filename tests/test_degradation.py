@@ -100,6 +100,27 @@ def test_sensor_sampler_clean_only_is_the_benchmark_reduction() -> None:
     np.testing.assert_allclose(d(hr, torch.Generator()).numpy(), degrade(hr, 4, "bicubic").numpy())
 
 
+def test_a_regime_with_a_clean_share_keeps_its_own_lr_otherwise() -> None:
+    """``--clean-share`` for an expert: that share of the crops gets the benchmark reduction,
+    the others the regime's own synthesis, and the weights record the share."""
+    hr = torch.cat([scene(64, 64, seed=s) for s in range(12)])
+    bench = degrade(hr, 4, "bicubic")
+    own = make_degrader("sensor-soft", 4)
+    assert own.describe()["clean_prob"] == 0.0
+    every = make_degrader("sensor-soft", 4, clean_share=1.0)
+    np.testing.assert_allclose(every(hr, torch.Generator()).numpy(), bench.numpy())
+    half = make_degrader("sensor-soft", 4, clean_share=0.5)
+    assert (
+        half.describe()["clean_prob"] == 0.5 and half.describe()["psf_sigma"] == own.describe()["psf_sigma"]
+    )
+    lr = half(hr, torch.Generator().manual_seed(3))
+    clean = [bool(torch.allclose(a, b)) for a, b in zip(lr, bench, strict=True)]
+    assert 2 <= sum(clean) <= 10  # some of each, seeded
+    assert torch.equal(lr, half(hr, torch.Generator().manual_seed(3)))
+    # the full sensor distribution keeps its other settings too
+    assert make_degrader("sensor", 4, clean_share=0.1).describe()["noise_max"] == SensorSettings().noise_max
+
+
 @pytest.mark.parametrize("field_name", ["psf_prob", "noise_prob", "jpeg_prob"])
 def test_each_sensor_effect_changes_the_lr(field_name: str) -> None:
     hr = scene(64, 64)

@@ -154,6 +154,19 @@ def test_augmented_run_records_its_options(image_folder: Path, tmp_path: Path, t
     assert (meta["colour_augment"], meta["zoom_out"]) == (0.5, 1.5)
     with pytest.raises(TrainingError, match="zoom_out"):
         settings(image_folder, tmp_path / "g", tiny_config, zoom_out=0.5).validate(1)
+    # a clean share belongs to the sensor-like syntheses, as a probability
+    with pytest.raises(TrainingError, match="clean_share applies to the sensor-like"):
+        settings(image_folder, tmp_path / "g", tiny_config, clean_share=0.2).validate(1)
+    with pytest.raises(TrainingError, match="clean_share must be a probability"):
+        settings(
+            image_folder, tmp_path / "g", tiny_config, degradation="sensor-soft", clean_share=2.0
+        ).validate(1)
+    path = StudentTrainer(
+        settings(
+            image_folder, tmp_path / "h", tiny_config, steps=1, degradation="sensor-soft", clean_share=0.2
+        )
+    ).run()
+    assert load_weights(path).metadata["training"]["degradation"]["clean_prob"] == 0.2
 
 
 def test_loss_falls_on_a_fixed_batch(image_folder: Path, tmp_path: Path, tiny_config):

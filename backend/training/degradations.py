@@ -7,7 +7,7 @@ function of the seed (reproducible runs, exact resume).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
@@ -77,16 +77,20 @@ class BicubicDegradation(Degradation):
         return bicubic_downscale(hr, self.scale)
 
 
-def make_degrader(name: str, scale: int) -> Degradation:
+def make_degrader(name: str, scale: int, clean_share: float | None = None) -> Degradation:
     """``bicubic``, ``sensor`` (remote-sensing PSF, reductions, noise, JPEG), one of its
     regimes alone (``sensor-soft``, ``sensor-aliased``) or ``realesrgan`` (the paper's
-    second-order pipeline)."""
+    second-order pipeline). ``clean_share``: a sensor synthesis's share of antialiased
+    bicubic reductions instead of its own (None: its own)."""
     if name == "bicubic":
         return BicubicDegradation(scale)
     if name.startswith("sensor"):
-        from backend.training.sensor_degradation import REGIMES, SensorDegradation
+        from backend.training.sensor_degradation import REGIMES, SensorDegradation, SensorSettings
 
-        return SensorDegradation(scale, REGIMES.get(name.removeprefix("sensor-")))
+        settings = REGIMES.get(name.removeprefix("sensor-"), SensorSettings())
+        if clean_share is not None:
+            settings = replace(settings, clean_prob=clean_share)
+        return SensorDegradation(scale, settings)
     if name == "realesrgan":
         from backend.training.realesrgan import RealESRGANDegradation
 

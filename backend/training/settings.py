@@ -172,6 +172,15 @@ class TrainSettings:
             group="data",
         ),
     )
+    clean_share: float | None = field(
+        default=None,
+        metadata=cli(
+            "share of crops reduced cleanly (antialiased bicubic alone) within a sensor-like"
+            " synthesis; default: its own (0 for one regime, 0.25 for sensor). An expert that sees"
+            " some clean LR costs less where it is chosen for sharp imagery",
+            group="data",
+        ),
+    )
     lr_consistency: bool = field(
         default=False,
         metadata=cli(
@@ -291,5 +300,12 @@ class TrainSettings:
             raise TrainingError("batch size, gradient accumulation and steps must be positive")
         if not 0.0 <= self.colour_augment <= 1.0:
             raise TrainingError(f"colour_augment must be a probability in [0, 1], not {self.colour_augment}")
+        if self.clean_share is not None:
+            if not self.degradation.startswith("sensor"):
+                raise TrainingError(
+                    f"clean_share applies to the sensor-like syntheses only, not to '{self.degradation}'"
+                )
+            if not 0.0 <= self.clean_share <= 1.0:
+                raise TrainingError(f"clean_share must be a probability in [0, 1], not {self.clean_share}")
         if self.zoom_out < 1.0:
             raise TrainingError(f"zoom_out must be at least 1, not {self.zoom_out}")

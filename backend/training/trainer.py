@@ -106,7 +106,7 @@ class BaseTrainer(Generic[M]):
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda st: lr_factor(st, settings))
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
-        self.degrade = make_degrader(settings.degradation, settings.scale)
+        self.degrade = make_degrader(settings.degradation, settings.scale, settings.clean_share)
         self.train_files, self.val_files = self._split_files()
         self.dataset = RasterCropDataset(
             self.train_files,
